@@ -1,0 +1,493 @@
+"""Group sampling: K completions per prompt from the current policy, decoded in one batch.
+
+GFT and GRPO need K samples of every prompt at every step; on a Mac this is where the
+time goes. `sample_groups` does it the cheap way:
+
+1. the B distinct prompts are left-padded and prefilled once, as a batch of B rows, in
+   mlx-lm's `BatchKVCache` (the prompt is never re-run K times);
+2. the prefilled cache (and the first next-token logits) is repeated K times along the
+   batch axis, giving B*K rows that share the prompt's keys/values;
+3. all rows decode together; each step's sampling (temperature, top-k, top-p, min-p,
+   the draw and both log-probabilities) is one `mx.compile`d function;
+4. rows stop independently (EOS, stop strings, length) and finished rows are dropped
+   from the batch (and their cache) so late steps only pay for live rows.
+
+Why not mlx-lm's `BatchGenerator`: it gives only the untempered log-probabilities,
+splits the full log-softmax into one array per row every step, and draws from the
+global random state, so the samples depend on how the rows happen to be batched.
+Here every sample owns a random stream keyed by (seed, sample index, step): the output
+does not depend on batching, `max_concurrency`, on which rows finished first, or on
+whether the prompt prefill was shared.
+
+Log-probabilities returned per sampled token:
+- `logprobs`: under the distribution the token was actually drawn from: logits / T,
+  then top-k, then top-p, then min-p, renormalised (the behaviour policy of GRPO);
+- `logprobs_t1`: the plain temperature-1, full-vocabulary log-softmax (what training
+  recomputes with `token_logprobs`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.generate import _merge_caches
+from mlx_lm.models.cache import make_prompt_cache
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class Sample:
+    """One sampled completion.
+
+    `tokens` are the exact ids fed back to the model (including the EOS token when the
+    sample stopped on EOS). `text` is their decoding without that EOS and, when a stop
+    string matched, cut just before it (the ids still hold the whole final token).
+    """
+
+    prompt_index: int
+    tokens: list[int]
+    text: str
+    logprobs: list[float]
+    logprobs_t1: list[float]
+    finish_reason: FinishReason
+    stop_string: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+
+    def validate(self, vocab_size: int | None) -> None:
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 <= self.min_p < 1.0:
+            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+
+
+# ---------------------------------------------------------------------------------------
+# The per-step sampling function
+# ---------------------------------------------------------------------------------------
+
+
+def truncated_logits(logits: mx.array, params: SamplingParams) -> mx.array:
+    """Tempered logits with the tokens outside top-k / top-p / min-p set to -inf.
+
+    Order (as in Hugging Face and vLLM): temperature, top-k, top-p on what top-k kept,
+    min-p relative to the most likely token. The most likely token always survives.
+    """
+    x = logits.astype(mx.float32) / params.temperature
+    neg_inf = mx.array(-mx.inf, mx.float32)
+    vocab = x.shape[-1]
+    if 0 < params.top_k < vocab:
+        kth = mx.sort(x, axis=-1)[..., vocab - params.top_k : vocab - params.top_k + 1]
+        x = mx.where(x < kth, neg_inf, x)
+    if params.top_p < 1.0:
+        # Keep the smallest set of most likely tokens whose mass reaches top_p: a token
+        # is kept when the mass strictly above it is still below top_p.
+        sorted_x = mx.sort(x, axis=-1)[..., ::-1]
+        sorted_p = mx.softmax(sorted_x, axis=-1)
+        mass_above = mx.cumsum(sorted_p, axis=-1) - sorted_p
+        n_keep = mx.maximum((mass_above < params.top_p).sum(axis=-1, keepdims=True), 1)
+        threshold = mx.take_along_axis(sorted_x, n_keep - 1, axis=-1)
+        x = mx.where(x < threshold, neg_inf, x)
+    if params.min_p > 0.0:
+        # p_i >= min_p * p_max  <=>  x_i >= x_max + log(min_p)
+        floor = x.max(axis=-1, keepdims=True) + math.log(params.min_p)
+        x = mx.where(x < floor, neg_inf, x)
+    return x
+
+
+def _step_keys(row_keys: mx.array, steps: mx.array) -> mx.array:
+    """A distinct threefry key per (sample, step): the sample's key with its step mixed in."""
+    return row_keys ^ mx.stack([mx.zeros_like(steps), steps], axis=-1)
+
+
+@lru_cache(maxsize=32)
+def _compiled_sampler(params: SamplingParams):
+    """(logits (N, V), row_keys (N, 2), steps (N,)) -> (token, log q, log p_T=1) per row.
+
+    Compiled once per sampling setting (the settings are constants of the graph).
+    """
+
+    def sample(logits: mx.array, row_keys: mx.array, steps: mx.array):
+        logits = logits.astype(mx.float32)
+        logp_t1 = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        if params.temperature == 0:
+            token = mx.argmax(logits, axis=-1)
+            logq = mx.zeros(token.shape, mx.float32)  # greedy: a point mass
+        else:
+            x = truncated_logits(logits, params)
+            logq_all = x - mx.logsumexp(x, axis=-1, keepdims=True)
+            keys = _step_keys(row_keys, steps)
+            # Gumbel-max with one key per row: row i's draw does not depend on the rows
+            # around it, so batching never changes a sample.
+            noise = mx.vmap(lambda k: mx.random.gumbel(shape=(x.shape[-1],), key=k))(keys)
+            token = mx.argmax(x + noise, axis=-1)
+            logq = mx.take_along_axis(logq_all, token[:, None], axis=-1)[:, 0]
+        chosen_t1 = mx.take_along_axis(logp_t1, token[:, None], axis=-1)[:, 0]
+        return token.astype(mx.uint32), logq, chosen_t1
+
+    return mx.compile(sample)
+
+
+# ---------------------------------------------------------------------------------------
+# Prefill and cache handling
+# ---------------------------------------------------------------------------------------
+
+
+def _context_length(model: nn.Module) -> int | None:
+    args = getattr(model, "args", None)
+    return getattr(args, "max_position_embeddings", None)
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    args = getattr(model, "args", None)
+    return getattr(args, "vocab_size", None)
+
+
+def _prefill(
+    model: nn.Module, prompts: list[list[int]], prefill_step_size: int
+) -> tuple[list[Any], mx.array]:
+    """Run the left-padded prompts once; returns (batch cache, last-position logits (B, V)).
+
+    Everything but the last token goes through in chunks while only the cache is
+    evaluated, so the LM head is never computed on prompt positions.
+    """
+    max_len = max(len(p) for p in prompts)
+    padding = [max_len - len(p) for p in prompts]
+    tokens = mx.array([[0] * (max_len - len(p)) + p for p in prompts], dtype=mx.uint32)
+    # Build empty per-sequence caches the model's way and merge them into its batch
+    # cache classes (BatchKVCache for plain attention), then declare the left padding.
+    cache = _merge_caches([make_prompt_cache(model) for _ in prompts])
+    for c in cache:
+        c.prepare(left_padding=padding)
+    body = tokens[:, :-1]
+    while body.shape[1] > 0:
+        model(body[:, :prefill_step_size], cache=cache)
+        mx.eval([c.state for c in cache])
+        body = body[:, prefill_step_size:]
+    logits = model(tokens[:, -1:], cache=cache)[:, -1, :]
+    return cache, logits
+
+
+def _select_rows(cache: list[Any], rows: list[int]) -> None:
+    """Keep (or repeat) the given batch rows of every layer cache, in place.
+
+    `filter` gathers rows, so a repeated index duplicates a prompt's prefilled cache;
+    it also trims left padding no remaining row needs.
+    """
+    index = mx.array(rows, dtype=mx.int32)
+    for c in cache:
+        c.filter(index)
+
+
+# ---------------------------------------------------------------------------------------
+# Host-side bookkeeping of one row
+# ---------------------------------------------------------------------------------------
+
+
+class _Row:
+    """A sample being decoded: its ids, log-probs and stop detection."""
+
+    def __init__(self, sample_index: int, prompt_index: int, limit: int):
+        self.sample_index = sample_index
+        self.prompt_index = prompt_index
+        self.limit = limit
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.logprobs_t1: list[float] = []
+        self.finish_reason: FinishReason | None = None
+        self.stop_string: str | None = None
+
+    def add(
+        self, token: int, logq: float, logp: float, eos: set[int], stops: _StopStrings
+    ) -> bool:
+        """Record one sampled token; True when the row is finished."""
+        self.tokens.append(token)
+        self.logprobs.append(logq)
+        self.logprobs_t1.append(logp)
+        if token in eos:
+            self.finish_reason = "stop"
+        elif stops and (hit := stops.match(self.tokens)) is not None:
+            self.finish_reason, self.stop_string = "stop", hit
+        elif len(self.tokens) >= self.limit:
+            self.finish_reason = "length"
+        return self.finish_reason is not None
+
+
+class _StopStrings:
+    """Detects user stop strings in the decoded text of a growing token list.
+
+    Only the tail is decoded each step: a string first appears because of the newest
+    token, so it lies within the last few tokens (a character can take up to four
+    byte-fallback tokens, hence the margin).
+    """
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.window = 4 * max((len(s) for s in self.stop), default=0) + 2
+
+    def __bool__(self) -> bool:
+        return bool(self.stop)
+
+    def match(self, tokens: list[int]) -> str | None:
+        tail = self.tokenizer.decode(tokens[-self.window :])
+        for s in self.stop:
+            if s in tail:
+                return s
+        return None
+
+
+def _finish_text(tokenizer: Any, row: _Row, eos: set[int]) -> str:
+    ids = row.tokens[:-1] if row.tokens and row.tokens[-1] in eos else row.tokens
+    text = tokenizer.decode(ids)
+    if row.stop_string is not None:
+        text = text[: text.find(row.stop_string)]
+    return text
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------
+
+
+class _LiveBatch:
+    """Rows decoding together: their cache, random keys, per-row step and next draw.
+
+    `out` = (token, log q, log p) drawn for every row but not yet fed to the model; the
+    cache holds everything before it.
+    """
+
+    def __init__(self, rows: list[_Row], cache: list[Any], out: tuple, keys: mx.array,
+                 steps: mx.array):
+        self.rows, self.cache, self.out, self.keys, self.steps = rows, cache, out, keys, steps
+
+    def filter(self, keep: list[int]) -> None:
+        index = mx.array(keep, dtype=mx.int32)
+        self.rows = [self.rows[i] for i in keep]
+        self.out = tuple(a[index] for a in self.out)
+        self.keys, self.steps = self.keys[index], self.steps[index]
+        _select_rows(self.cache, keep)
+
+    def extend(self, other: _LiveBatch) -> None:
+        for mine, theirs in zip(self.cache, other.cache, strict=True):
+            mine.extend(theirs)  # right-aligns both, padding on the left
+        self.rows += other.rows
+        self.out = tuple(mx.concatenate([a, b]) for a, b in zip(self.out, other.out, strict=True))
+        self.keys = mx.concatenate([self.keys, other.keys])
+        self.steps = mx.concatenate([self.steps, other.steps])
+
+
+def _start(
+    model: nn.Module,
+    prompts: list[list[int]],
+    rows: list[_Row],
+    row_keys: mx.array,
+    sampler: Any,
+    prefill_step_size: int,
+) -> _LiveBatch:
+    """Prefill each distinct prompt of `rows` once, copy its cache to its rows, draw once."""
+    distinct = sorted({r.prompt_index for r in rows})
+    slot = {p: i for i, p in enumerate(distinct)}
+    cache, logits = _prefill(model, [prompts[p] for p in distinct], prefill_step_size)
+    gather = [slot[r.prompt_index] for r in rows]
+    _select_rows(cache, gather)
+    logits = logits[mx.array(gather, dtype=mx.int32)]
+    keys = row_keys[mx.array([r.sample_index for r in rows], dtype=mx.int32)]
+    steps = mx.zeros((len(rows),), dtype=mx.uint32)
+    return _LiveBatch(rows, cache, sampler(logits, keys, steps), keys, steps)
+
+
+def _decode(
+    model: nn.Module,
+    prompts: list[list[int]],
+    pending: deque[_Row],
+    max_rows: int,
+    admit_chunk: int,
+    row_keys: mx.array,
+    sampler: Any,
+    eos: set[int],
+    stops: _StopStrings,
+    prefill_step_size: int,
+) -> None:
+    """Decode every pending row to completion, at most `max_rows` at a time.
+
+    When enough rows have finished (`admit_chunk`, normally a whole group, so its
+    prompt is prefilled once), waiting rows join the running batch instead of waiting
+    for the slowest row of the batch.
+    """
+    batch: _LiveBatch | None = None
+    while pending or batch is not None:
+        free = max_rows - (len(batch.rows) if batch else 0)
+        if pending and free >= min(admit_chunk, len(pending)):
+            new = [pending.popleft() for _ in range(min(free, len(pending)))]
+            fresh = _start(model, prompts, new, row_keys, sampler, prefill_step_size)
+            if batch is None:
+                batch = fresh
+            else:
+                batch.extend(fresh)
+            mx.async_eval(batch.out)
+        assert batch is not None
+        # Queue the next step before reading this one, so the host work below overlaps
+        # with the model. Rows that turn out finished are dropped from it afterwards.
+        last = max(r.limit - len(r.tokens) for r in batch.rows) <= 1
+        if not last:
+            logits = model(batch.out[0][:, None], cache=batch.cache)[:, -1, :]
+            steps = batch.steps + 1
+            nxt = sampler(logits, batch.keys, steps)
+            mx.async_eval(nxt)
+        tokens, logq, logp = (a.tolist() for a in batch.out)
+        keep = [
+            i
+            for i, r in enumerate(batch.rows)
+            if not r.add(tokens[i], logq[i], logp[i], eos, stops)
+        ]
+        if last or not keep:
+            batch = None
+            continue
+        batch.out, batch.steps = nxt, steps
+        if len(keep) < len(batch.rows):
+            batch.filter(keep)
+
+
+def _row_limit(max_tokens: int, context: int | None, prompt_len: int) -> int:
+    """New tokens a row may generate: max_tokens, but never past the model's context."""
+    return max_tokens if context is None else min(max_tokens, context - prompt_len)
+
+
+def _admit_chunk(group_size: int, max_rows: int) -> int:
+    """Free rows needed before waiting rows join: a whole group (one shared prefill),
+    but no more than half the cap, so a small cap does not idle until its batch drains."""
+    return min(group_size, max(1, max_rows // 2))
+
+
+def _queue(
+    prompts: list[list[int]], group_size: int, max_tokens: int, context: int | None,
+    by_length: bool,
+) -> deque[_Row]:
+    """One row per sample, group after group; by prompt length when batches are capped
+    (so rows decoded together pad their prompts to similar lengths)."""
+    order = range(len(prompts))
+    if by_length:
+        order = sorted(order, key=lambda p: len(prompts[p]))
+    limit = [_row_limit(max_tokens, context, len(p)) for p in prompts]
+    return deque(_Row(p * group_size + k, p, limit[p]) for p in order for k in range(group_size))
+
+
+def _validate(
+    model: nn.Module,
+    prompts: list[list[int]],
+    group_size: int,
+    max_tokens: int,
+    max_concurrency: int | None,
+    params: SamplingParams,
+) -> None:
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if max_concurrency is not None and max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be >= 1 or None, got {max_concurrency}")
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt")
+    vocab, context = _vocab_size(model), _context_length(model)
+    params.validate(vocab)
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty: it needs at least one token")
+        if context is not None and len(p) >= context:
+            raise ValueError(
+                f"prompt {i} has {len(p)} tokens but the model's context is {context}: "
+                "no room to generate"
+            )
+        if vocab is not None and (min(p) < 0 or max(p) >= vocab):
+            raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
+
+
+def sample_groups(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    group_size: int,
+    *,
+    max_tokens: int = 256,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    stop: Iterable[str] = (),
+    eos_token_ids: Iterable[int] | None = None,
+    seed: int | None = None,
+    max_concurrency: int | None = None,
+    prefill_step_size: int = 512,
+) -> list[Sample]:
+    """Sample `group_size` completions of every prompt; returns B * group_size Samples.
+
+    Order: prompt 0's samples, then prompt 1's, ... Sample i of prompt p is the same
+    whatever `max_concurrency` or batching is used (it has its own random stream).
+
+    prompts: token ids (already chat-templated). temperature 0 is greedy (logprobs 0).
+    stop: strings that end a sample (matched on decoded text). eos_token_ids: ids that
+    end a sample (default: the tokenizer's EOS ids; pass () to ignore EOS). A sample
+    never runs past the model's context (finish_reason "length").
+    seed: None draws one from MLX's global generator (so `mx.random.seed` fixes it).
+    max_concurrency: cap on rows decoded at once (memory); None decodes all together.
+
+    The model is used as is (LoRA/DoRA, quantized; wrap the call in
+    `mlx_gft.models.adapters_disabled(model)` to sample the base policy). It runs in
+    eval mode (no adapter dropout) and its previous mode is restored.
+    """
+    prompts = [list(map(int, p)) for p in prompts]
+    params = SamplingParams(float(temperature), float(top_p), int(top_k), float(min_p))
+    _validate(model, prompts, group_size, max_tokens, max_concurrency, params)
+
+    eos = set(tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
+    stops = _StopStrings(tokenizer, list(stop))
+    if seed is None:
+        seed = int(mx.random.randint(0, 2**31 - 1, ()).item())
+    n_samples = len(prompts) * group_size
+    row_keys = mx.random.split(mx.random.key(seed), n_samples)
+    sampler = _compiled_sampler(params)
+    context = _context_length(model)
+
+    queue = _queue(prompts, group_size, max_tokens, context, max_concurrency is not None)
+    rows = sorted(queue, key=lambda r: r.sample_index)
+    max_rows = min(max_concurrency or n_samples, n_samples)
+    was_training = model.training
+    model.eval()
+    try:
+        _decode(
+            model, prompts, queue, max_rows, _admit_chunk(group_size, max_rows), row_keys,
+            sampler, eos, stops, prefill_step_size,
+        )
+    finally:
+        model.train(was_training)
+
+    return [
+        Sample(
+            prompt_index=r.prompt_index,
+            tokens=r.tokens,
+            text=_finish_text(tokenizer, r, eos),
+            logprobs=r.logprobs,
+            logprobs_t1=r.logprobs_t1,
+            finish_reason=r.finish_reason or "length",
+            stop_string=r.stop_string,
+        )
+        for r in rows
+    ]
