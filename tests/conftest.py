@@ -1,3 +1,26 @@
 """Shared fixtures. Importing mlx_gft first loads an optimized BLAS before MLX."""
 
+import sys
+from pathlib import Path
+
+import pytest
+
 import mlx_gft  # noqa: F401
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random 2-layer Llama with a sentencepiece tokenizer, loadable by mlx_lm.load."""
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def arithmetic_data(tmp_path_factory) -> Path:
+    """The built-in task written as a small train/valid/test folder."""
+    from mlx_gft.tasks.arithmetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("data"), n_train=32, n_valid=8, n_test=8)

@@ -1,0 +1,185 @@
+"""Training configuration: one dataclass, filled from defaults, then YAML, then the CLI.
+
+Every field can be set from YAML; the command line only overrides what it names (its
+parser has no defaults of its own, so it can never mask a YAML value).
+"""
+
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOSSES = ("gft", "sft", "dft", "grpo")
+# Names users bring from other LoRA tools, mapped to ours.
+ALIASES = {
+    "alpha": "scale",
+    "lora_alpha": "scale",
+    "r": "rank",
+    "lora_rank": "rank",
+    "lora_layers": "num_layers",
+    "lora_dropout": "dropout",
+    "num_generations": "group_size",
+    "lr": "learning_rate",
+    "beta": "kl_coef",
+    "epsilon": "clip_eps",
+}
+LORA_KEYS = ("rank", "scale", "dropout", "keys")
+
+
+def opt(default: Any, help: str) -> Any:
+    """A config field with its one-line help (shown by --help)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used, with what to write instead."""
+
+
+@dataclass
+class TrainConfig:
+    # Model and data (None = the embedded default model / the built-in task).
+    model: str | None = opt(None, "Hub id, mlx-lm folder or .gguf file")
+    data: str | None = opt(None, "folder with train/valid/test.jsonl or Hub dataset")
+    train: bool = opt(False, "run training")
+    test: bool = opt(False, "evaluate on the test set after training")
+    # mlx_lm.lora's options, same spellings and defaults.
+    fine_tune_type: str = opt("lora", "lora, dora or full")
+    optimizer: str = opt("adamw", "adam, adamw, sgd, adafactor or muon")
+    optimizer_config: dict = opt({}, "per-optimizer kwargs (YAML)")
+    mask_prompt: bool = opt(False, "SFT/DFT: no loss on prompt tokens (GFT/GRPO always)")
+    num_layers: int = opt(16, "layers to fine-tune from the top, -1 for all")
+    batch_size: int = opt(4, "prompts per iteration")
+    iters: int = opt(1000, "training iterations")
+    epochs: float | None = opt(None, "passes over train.jsonl (overrides iters)")
+    val_batches: int = opt(25, "validation batches, -1 for all")
+    learning_rate: float = opt(1e-5, "peak learning rate")
+    steps_per_report: int = opt(10, "iterations between report lines")
+    steps_per_eval: int = opt(200, "iterations between validations")
+    grad_accumulation_steps: int = opt(1, "micro-batches per optimizer update")
+    resume_adapter_file: str | None = opt(None, "start from these adapter weights")
+    resume: bool = opt(False, "continue the run in --adapter-path from its last checkpoint")
+    adapter_path: str = opt("adapters", "where adapters and checkpoints go")
+    save_every: int = opt(100, "iterations between checkpoints")
+    test_batches: int = opt(500, "test batches, -1 for all")
+    max_seq_length: int = opt(2048, "longest prompt + response in tokens")
+    grad_checkpoint: bool = opt(False, "recompute activations to save memory")
+    seed: int = opt(0, "seed for data order, sampling and dropout")
+    report_to: str | None = opt(None, "jsonl and/or wandb, comma-separated")
+    project_name: str | None = opt(None, "wandb project name")
+    lora_parameters: dict = opt(
+        {"rank": 8, "scale": 20.0, "dropout": 0.0}, "YAML: rank, scale, dropout, keys"
+    )
+    lr_schedule: dict | None = opt(None, "YAML: name, arguments, warmup, warmup_init")
+    # GFT.
+    loss: str = opt("gft", "gft, sft, dft or grpo")
+    group_size: int = opt(4, "K self-samples per prompt")
+    teacher_count: int = opt(4, "off-policy members per group incl. the expert")
+    tau: float = opt(0.5, "DCR threshold: tokens with p <= tau get weight 1")
+    temperature: float = opt(1.0, "sampling temperature")
+    top_p: float = opt(1.0, "sampling nucleus")
+    max_completion_length: int = opt(256, "new tokens per sample")
+    reward: list[str] | None = opt(
+        None, "reward names or file.py:function (default: math if rows have answers, else f1)"
+    )
+    reward_weights: list[float] | None = opt(None, "one weight per reward")
+    adv_scale: str = opt("group", "group, batch or none")
+    loss_agg: str = opt("token-mean", "token-mean, seq-mean-token-mean or seq-mean-token-sum-norm")
+    updates_per_batch: int = opt(1, "optimizer updates per sampled batch")
+    clip_eps: float = opt(0.2, "GRPO ratio clip")
+    kl_coef: float = opt(0.0, "GRPO KL to the base (adapters off)")
+    grad_clip: float = opt(1.0, "global gradient-norm clip, 0 to disable")
+    max_skipped_steps: int = opt(10, "consecutive non-finite steps before stopping")
+    probe_size: int = opt(8, "probe prompts for KL to the base")
+
+    def validate(self) -> "TrainConfig":
+        choices = {
+            "fine_tune_type": ("lora", "dora", "full"),
+            "optimizer": ("adam", "adamw", "sgd", "adafactor", "muon"),
+            "loss": LOSSES,
+            "adv_scale": ("group", "batch", "none"),
+            "loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                value = getattr(self, name)
+                raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+        positive = (
+            "batch_size",
+            "iters",
+            "group_size",
+            "teacher_count",
+            "max_completion_length",
+            "updates_per_batch",
+            "grad_accumulation_steps",
+            "steps_per_report",
+            "steps_per_eval",
+            "save_every",
+            "max_seq_length",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.tau <= 1.0:
+            raise ConfigError(f"tau must be in [0, 1], got {self.tau}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        for key in self.lora_parameters:
+            if key not in LORA_KEYS:
+                raise ConfigError(f"lora_parameters: unknown key {key!r}{_suggest(key, LORA_KEYS)}")
+        if isinstance(self.reward, str):
+            self.reward = [r for r in self.reward.split(",") if r]
+        weights, rewards = self.reward_weights, self.reward
+        if weights is not None and rewards and len(weights) != len(rewards):
+            raise ConfigError(
+                f"reward_weights has {len(weights)} values for {len(rewards)} rewards"
+            )
+        if self.kl_coef and self.fine_tune_type == "full":
+            raise ConfigError(
+                "kl_coef needs adapters (lora/dora): the base policy is the model with them off"
+            )
+        return self
+
+
+def _suggest(key: str, known) -> str:
+    if key in ALIASES and ALIASES[key] in known:
+        return f"; did you mean {ALIASES[key]!r}?"
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config; unknown keys are errors that name the likely intended key."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of option: value at the top level")
+    known = field_names()
+    for key in values:
+        norm = key.replace("-", "_")
+        if norm not in known:
+            raise ConfigError(f"{path}: unknown key {key!r}{_suggest(norm, known)}")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def build_config(yaml_values: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults < YAML < explicit overrides (the CLI passes only what the user typed)."""
+    values = {**(yaml_values or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    lora = {**TrainConfig().lora_parameters, **values.pop("lora_parameters", {})}
+    known = field_names()
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"unknown option {key!r}{_suggest(key, known)}")
+    return TrainConfig(**values, lora_parameters=lora).validate()

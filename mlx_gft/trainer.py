@@ -1,0 +1,523 @@
+"""The training loop: sample groups, score them, compute advantages, update. One step owner.
+
+Per iteration: take `batch_size` prompts, sample K answers per prompt with the current
+policy, build the groups (expert + teachers + samples), score every member, z-score the
+rewards inside each group, then run `updates_per_batch` optimizer updates on the batch.
+SFT and DFT skip the sampling and train on the expert answers.
+"""
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from . import rewards as rewards_lib
+from .advantages import group_advantages, zero_variance_fraction
+from .config import ConfigError, TrainConfig
+from .data import Example
+from .groups import KINDS, build_groups, pad_batch, reward_inputs
+from .logprobs import token_logprobs
+from .losses import dft_loss, gft_loss, grpo_loss, sft_loss
+from .models import adapters_disabled
+from .sampling import sample_groups
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite steps); the last checkpoint is intact."""
+
+
+# --------------------------------------------------------------------------------------
+# Model set-up and files
+# --------------------------------------------------------------------------------------
+
+
+def setup_trainable(model: nn.Module, config: TrainConfig) -> None:
+    """Freeze the model, then open the layers the fine-tune type trains (as mlx_lm.lora)."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model.freeze()
+    if config.num_layers > len(model.layers):
+        raise ConfigError(
+            f"num_layers is {config.num_layers} but the model has {len(model.layers)} layers "
+            "(-1 trains all of them)"
+        )
+    if config.fine_tune_type == "full":
+        for layer in model.layers[-max(config.num_layers, 0) :]:
+            layer.unfreeze()
+    else:
+        lora = {"dropout": 0.0, **config.lora_parameters}
+        linear_to_lora_layers(model, config.num_layers, lora, config.fine_tune_type == "dora")
+    if config.resume_adapter_file:
+        model.load_weights(config.resume_adapter_file, strict=False)
+
+
+def make_optimizer(config: TrainConfig) -> optim.Optimizer:
+    from mlx_lm.tuner.utils import build_schedule
+
+    lr = build_schedule(config.lr_schedule) if config.lr_schedule else config.learning_rate
+    cls = {
+        "adam": optim.Adam,
+        "adamw": optim.AdamW,  # weight decay 0.01 by default, as the reference
+        "sgd": optim.SGD,
+        "adafactor": optim.Adafactor,
+        "muon": optim.Muon,
+    }[config.optimizer]
+    return cls(learning_rate=lr, **config.optimizer_config.get(config.optimizer, {}))
+
+
+def _atomic_safetensors(path: Path, arrays: dict[str, mx.array]) -> None:
+    tmp = path.with_name(path.name + ".tmp.safetensors")
+    mx.save_safetensors(str(tmp), arrays)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=4, default=str))
+    os.replace(tmp, path)
+
+
+def adapter_config(config: TrainConfig) -> dict:
+    """adapter_config.json as mlx_lm.load / mlx_lm.fuse read it, plus the rest of the args."""
+    return {**asdict(config), "lora_parameters": {"dropout": 0.0, **config.lora_parameters}}
+
+
+def save_adapters(model: nn.Module, config: TrainConfig, iteration: int | None = None) -> None:
+    folder = Path(config.adapter_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = dict(tree_flatten(model.trainable_parameters()))
+    _atomic_safetensors(folder / "adapters.safetensors", weights)
+    if iteration is not None:
+        _atomic_safetensors(folder / f"{iteration:07d}_adapters.safetensors", weights)
+
+
+def save_checkpoint(model, optimizer, config: TrainConfig, state: dict, probe: dict) -> None:
+    """Adapters, optimizer state, iteration and probe set; a kill at any moment leaves the
+    previous checkpoint loadable (the new one is written aside, then swapped in)."""
+    folder = Path(config.adapter_path)
+    final, tmp, old = folder / "checkpoint", folder / "checkpoint.tmp", folder / "checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    mx.save_safetensors(
+        str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
+    )
+    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+    if probe:
+        mx.save_safetensors(str(tmp / "probe.safetensors"), probe)
+    (tmp / "state.json").write_text(json.dumps(state))
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(model, optimizer, config: TrainConfig) -> tuple[dict, dict]:
+    folder = Path(config.adapter_path)
+    for name in ("checkpoint", "checkpoint.old"):  # .old survives a kill mid-swap
+        ckpt = folder / name
+        if (ckpt / "state.json").exists():
+            break
+    else:
+        raise FileNotFoundError(f"--resume: no checkpoint in {folder}")
+    model.load_weights(str(ckpt / "adapters.safetensors"), strict=False)
+    optimizer.init(model.trainable_parameters())
+    optimizer.state = tree_unflatten(list(mx.load(str(ckpt / "optimizer.safetensors")).items()))
+    probe_file = ckpt / "probe.safetensors"
+    probe = mx.load(str(probe_file)) if probe_file.exists() else {}
+    return json.loads((ckpt / "state.json").read_text()), probe
+
+
+# --------------------------------------------------------------------------------------
+# The loss and the step
+# --------------------------------------------------------------------------------------
+
+
+def make_loss(config: TrainConfig):
+    """loss(model, tokens, mask, advantages, old_lp, base_lp, metric_rows) -> (loss, stats)."""
+    temperature = config.temperature if config.loss == "grpo" else 1.0
+
+    def loss_fn(model, tokens, mask, advantages, old_lp, base_lp, metric_rows):
+        lp, entropy = token_logprobs(model, tokens, temperature, with_entropy=True)
+        if config.loss == "gft":
+            loss = gft_loss(lp, mask, advantages, config.tau, config.loss_agg)
+        elif config.loss == "sft":
+            loss = sft_loss(lp, mask, config.loss_agg)
+        elif config.loss == "dft":
+            loss = dft_loss(lp, mask, config.loss_agg)
+        else:
+            loss = grpo_loss(
+                lp,
+                old_lp,
+                mask,
+                advantages,
+                config.clip_eps,
+                base_log_probs=base_lp,
+                kl_coef=config.kl_coef,
+                agg=config.loss_agg,
+            )
+        stat_mask = mask * metric_rows[:, None]
+        p = mx.exp(mx.stop_gradient(lp))
+        stats = mx.stack(
+            [
+                mask.sum(),
+                stat_mask.sum(),
+                (entropy * stat_mask).sum(),
+                ((p <= config.tau) * mask).sum(),
+            ]
+        )
+        return loss, stats
+
+    return loss_fn
+
+
+def _grad_norm(grads) -> mx.array:
+    return mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)))
+
+
+class Stepper:
+    """Compiled loss-and-gradient, plus the eager clip / skip / update around it."""
+
+    def __init__(self, model: nn.Module, optimizer: optim.Optimizer, config: TrainConfig):
+        self.model, self.optimizer, self.config = model, optimizer, config
+        if config.grad_checkpoint:
+            from mlx_lm.tuner.trainer import grad_checkpoint
+
+            grad_checkpoint(model.layers[0])
+        state = [model.state, mx.random.state]
+        loss = make_loss(config)
+        # The model is captured, not passed: compile would see it as a plain dict of arrays.
+        self.value_and_grad = mx.compile(
+            nn.value_and_grad(model, lambda *batch: loss(model, *batch)),
+            inputs=state,
+            outputs=state,
+        )
+        self.skipped = 0
+
+    def update(self, micro_batches: list[tuple]) -> dict:
+        """One optimizer update from micro-batches whose gradients are averaged."""
+        grads, losses, stats = None, [], []
+        for batch in micro_batches:
+            (loss, s), g = self.value_and_grad(*batch)
+            grads = g if grads is None else tree_map(mx.add, grads, g)
+            losses.append(loss)
+            stats.append(s)
+        if len(micro_batches) > 1:
+            grads = tree_map(lambda g: g / len(micro_batches), grads)
+        norm = _grad_norm(grads)
+        loss = mx.stack(losses).mean()
+        mx.eval(loss, norm, grads)
+        out = {"loss": loss.item(), "grad_norm": norm.item(), "stats": mx.stack(stats).sum(0)}
+        if not (math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"])):
+            self.skipped += 1
+            out["skipped"] = 1
+            if self.skipped >= self.config.max_skipped_steps:
+                raise TrainingStopped(
+                    f"{self.skipped} consecutive steps had a non-finite loss or gradient; "
+                    "stopping. Lower the learning rate or check the data; the last "
+                    "checkpoint is intact."
+                )
+            return out
+        self.skipped = 0
+        if self.config.grad_clip > 0 and out["grad_norm"] > self.config.grad_clip:
+            grads = tree_map(lambda g: g * (self.config.grad_clip / out["grad_norm"]), grads)
+        self.optimizer.update(self.model, grads)
+        mx.eval(self.model.parameters(), self.optimizer.state)
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# Data order, probes and evaluation helpers
+# --------------------------------------------------------------------------------------
+
+
+def batch_indices(n: int, batch_size: int, iteration: int, seed: int) -> list[int]:
+    """Prompts for a 0-based iteration: a fresh permutation every epoch, reproducible from
+    (seed, iteration) alone, so a resumed run sees the same data as an unbroken one."""
+    out = []
+    for pos in range(iteration * batch_size, (iteration + 1) * batch_size):
+        epoch, offset = divmod(pos, n)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[offset]))
+    return out
+
+
+def make_probe(model, tokenizer, examples: list[Example], config: TrainConfig) -> dict:
+    """A fixed probe set for KL(pi_base || pi_theta): one base-policy answer per prompt,
+    with its base log-probs, taken once (adapters off, so a resumed run keeps the true base)."""
+    examples = [e for e in examples if e.prompt][: config.probe_size]
+    if not examples:
+        return {}
+    with adapters_disabled(model):
+        samples = sample_groups(
+            model,
+            tokenizer,
+            [e.prompt for e in examples],
+            1,
+            max_tokens=config.max_completion_length,
+            seed=config.seed + 7,
+        )
+        tokens, mask = pad_batch(
+            [(e.prompt, s.tokens) for e, s in zip(examples, samples, strict=True)]
+        )
+        base_lp, _ = token_logprobs(model, tokens)
+    return {"tokens": tokens, "mask": mask, "base_lp": base_lp}
+
+
+def probe_kl(model, probe: dict) -> float:
+    """Mean over probe answers of sum_t [log pi_base - log pi_theta] (the reference's metric)."""
+    if not probe:
+        return float("nan")
+    lp, _ = token_logprobs(model, probe["tokens"])
+    return ((probe["base_lp"] - lp) * probe["mask"]).sum(-1).mean().item()
+
+
+def default_rewards(config: TrainConfig, examples: list[Example]) -> list[str]:
+    if config.reward:
+        return config.reward
+    return ["math"] if all(e.answer is not None for e in examples) else ["f1"]
+
+
+def expert_nll(model, examples: list[Example], batch_size: int) -> float:
+    """Token-mean NLL of the expert answers: a loss every method can be compared on."""
+    total, count = 0.0, 0.0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        tokens, mask = pad_batch([(e.prompt, e.expert) for e in chunk])
+        lp, _ = token_logprobs(model, tokens)
+        total += (-(lp * mask).sum()).item()
+        count += mask.sum().item()
+    return total / max(count, 1)
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------
+
+
+def num_iterations(config: TrainConfig, n_train: int) -> int:
+    if config.epochs is not None:
+        return max(1, math.ceil(config.epochs * n_train / config.batch_size))
+    return config.iters
+
+
+def _minibatches(groups, config: TrainConfig) -> list[list[list[int]]]:
+    """Member rows split into updates_per_batch updates of grad_accumulation_steps chunks,
+    always along group boundaries (a group's advantages belong together)."""
+    starts = np.cumsum([0] + groups.sizes)
+    group_rows = [list(range(starts[g], starts[g + 1])) for g in range(len(groups.sizes))]
+    updates = np.array_split(np.arange(len(group_rows)), config.updates_per_batch)
+    plan = []
+    for upd in updates:
+        chunks = np.array_split(upd, config.grad_accumulation_steps)
+        plan.append([[r for g in ch for r in group_rows[g]] for ch in chunks if len(ch)])
+    return [u for u in plan if u]
+
+
+def train(
+    model: nn.Module,
+    tokenizer,
+    config: TrainConfig,
+    train_set: list[Example],
+    valid_set: list[Example],
+    log=print,
+) -> list[dict]:
+    """Train `model` in place (its trainable layers must already be set up); returns the
+    reported metrics. Adapters, checkpoints and metrics.jsonl go to config.adapter_path."""
+    if not train_set:
+        raise ValueError("the training set is empty")
+    folder = Path(config.adapter_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_json(folder / "adapter_config.json", adapter_config(config))
+    optimizer = make_optimizer(config)
+    sampled = config.loss in ("gft", "grpo")
+    reward_fns = (
+        rewards_lib.load_rewards(default_rewards(config, train_set), config.reward_weights)
+        if sampled
+        else ()
+    )
+    verifier = next((r.name for r in reward_fns if r.name in ("math", "accuracy")), None)
+
+    start, probe = 0, {}
+    if config.resume:
+        state, probe = load_checkpoint(model, optimizer, config)
+        start = state["iteration"]
+        log(f"Resuming from iteration {start}")
+    if not probe:
+        probe = make_probe(model, tokenizer, valid_set or train_set, config)
+    stepper = Stepper(model, optimizer, config)
+    total_iters = num_iterations(config, len(train_set))
+    metrics_file = (folder / "metrics.jsonl").open("a")
+    reports, window = [], []
+    trained_tokens = 0
+
+    for it in range(start, total_iters):
+        tic = time.perf_counter()
+        mx.random.seed(config.seed * 1_000_003 + it)
+        examples = [
+            train_set[i] for i in batch_indices(len(train_set), config.batch_size, it, config.seed)
+        ]
+        row = {"iteration": it + 1}
+        samples = []
+        if sampled:
+            model.eval()
+            samples = sample_groups(
+                model,
+                tokenizer,
+                [e.prompt for e in examples],
+                config.group_size,
+                max_tokens=config.max_completion_length,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=config.seed * 1_000_003 + it,
+            )
+            model.train()
+        sample_time = time.perf_counter() - tic
+
+        if sampled:
+            offpolicy = config.loss == "gft"
+            groups = build_groups(
+                examples, samples, config.group_size, config.teacher_count, offpolicy
+            )
+        else:  # SFT / DFT: the expert answers alone
+            groups = build_groups(examples, [], 0, teacher_count=1)
+        kinds = np.array([m.kind for m in groups.members])
+        if sampled:
+            total, columns = rewards_lib.score(reward_fns, reward_inputs(groups))
+            adv = group_advantages(total, groups.sizes, scale=config.adv_scale)
+            row["zero_var_frac"] = zero_variance_fraction(total, groups.sizes)
+            for kind in KINDS:
+                if (kinds == kind).any():
+                    row[f"reward_{kind}"] = float(total[kinds == kind].mean())
+            if verifier:
+                row["sample_acc"] = float(columns[verifier][kinds == "sampled"].mean())
+        else:
+            adv = mx.ones((len(groups.members),))
+        if sampled:
+            pairs = [(m.prompt, m.response) for m in groups.members]
+        elif config.mask_prompt:
+            pairs = [(m.prompt, m.response) for m in groups.members]
+        else:
+            pairs = [([], m.prompt + m.response) for m in groups.members]
+        tokens, mask = pad_batch(pairs, pad_id=tokenizer.eos_token_id or 0)
+        metric_rows = mx.array(
+            (kinds == "sampled") if sampled else np.ones(len(kinds)), dtype=mx.float32
+        )
+        base_lp = old_lp = None
+        if config.loss == "grpo":
+            old_lp = mx.stop_gradient(token_logprobs(model, tokens, config.temperature)[0])
+            if config.kl_coef:
+                with adapters_disabled(model):
+                    base_lp = token_logprobs(model, tokens, config.temperature)[0]
+        dummy = mx.zeros(mask.shape)
+        updates = []
+        for plan in _minibatches(groups, config):
+            micro = []
+            for rows in plan:
+                idx = mx.array(rows)
+                micro.append(
+                    (
+                        tokens[idx],
+                        mask[idx],
+                        adv[idx],
+                        (old_lp if old_lp is not None else dummy)[idx],
+                        (base_lp if base_lp is not None else dummy)[idx],
+                        metric_rows[idx],
+                    )
+                )
+            updates.append(stepper.update(micro))
+        train_time = time.perf_counter() - tic - sample_time
+
+        stats = sum(u["stats"] for u in updates) / len(updates)
+        n_tok, n_stat, ent_sum, rect = stats.tolist()
+        trained_tokens += int(sum(u["stats"][0].item() for u in updates))
+        row.update(
+            loss=float(np.mean([u["loss"] for u in updates])),
+            grad_norm=float(max(u["grad_norm"] for u in updates)),
+            entropy=ent_sum / max(n_stat, 1),
+            rectified_frac=rect / max(n_tok, 1),
+            skipped=sum(u.get("skipped", 0) for u in updates),
+            sample_time=sample_time,
+            train_time=train_time,
+            gen_tokens=sum(len(s.tokens) for s in samples),
+            train_tokens=int(sum(u["stats"][0].item() for u in updates)),
+            group_size_mean=float(np.mean(groups.sizes)),
+            learning_rate=float(optimizer.learning_rate.item()),
+        )
+        window.append(row)
+
+        last = it + 1 == total_iters
+        if (it + 1) % config.steps_per_report == 0 or last:
+            report = _summarise(window, it + 1)
+            report["kl_to_base"] = probe_kl(model, probe)
+            report["trained_tokens"] = trained_tokens
+            report["peak_memory_gb"] = mx.get_peak_memory() / 1e9
+            log(report_line(report))
+            metrics_file.write(json.dumps(report) + "\n")
+            metrics_file.flush()
+            reports.append(report)
+            window = []
+        if valid_set and ((it + 1) % config.steps_per_eval == 0 or last):
+            n = len(valid_set) if config.val_batches < 0 else config.val_batches * config.batch_size
+            val = {
+                "iteration": it + 1,
+                "val_loss": expert_nll(model, valid_set[:n], config.batch_size),
+            }
+            log(f"Iter {it + 1}: Val loss {val['val_loss']:.3f}")
+            metrics_file.write(json.dumps(val) + "\n")
+            metrics_file.flush()
+        if (it + 1) % config.save_every == 0 or last:
+            save_adapters(model, config, it + 1 if not last else None)
+            save_checkpoint(model, optimizer, config, {"iteration": it + 1}, probe)
+    metrics_file.close()
+    return reports
+
+
+def _summarise(window: list[dict], iteration: int) -> dict:
+    keys = {k for r in window for k in r} - {"iteration"}
+    out = {"iteration": iteration}
+    for k in sorted(keys):
+        values = [r[k] for r in window if k in r]
+        if k in ("grad_norm",):
+            out[k] = max(values)
+        elif k in ("sample_time", "train_time", "gen_tokens", "train_tokens", "skipped"):
+            out[k] = sum(values)
+        else:
+            out[k] = float(np.mean(values))
+    elapsed = out.get("sample_time", 0) + out.get("train_time", 0)
+    out["it_per_sec"] = len(window) / max(elapsed, 1e-9)
+    out["gen_tok_per_sec"] = out.get("gen_tokens", 0) / max(out.get("sample_time", 0), 1e-9)
+    out["train_tok_per_sec"] = out.get("train_tokens", 0) / max(out.get("train_time", 0), 1e-9)
+    return out
+
+
+def report_line(r: dict) -> str:
+    """The classic one-line report scripts grep (mlx_lm.lora's style, GFT's fields)."""
+    parts = [f"Iter {r['iteration']}: Train loss {r['loss']:.3f}"]
+    if "reward_sampled" in r:
+        parts.append(f"Reward {r['reward_sampled']:.3f}")
+    if "sample_acc" in r:
+        parts.append(f"Acc {r['sample_acc']:.3f}")
+    if "zero_var_frac" in r:
+        parts.append(f"Zero-var {r['zero_var_frac']:.2f}")
+    parts += [
+        f"Entropy {r['entropy']:.3f}",
+        f"Grad norm {r['grad_norm']:.3f}",
+        f"KL {r['kl_to_base']:.4f}",
+        f"Learning Rate {r['learning_rate']:.3e}",
+        f"It/sec {r['it_per_sec']:.3f}",
+    ]
+    if r.get("gen_tokens"):
+        parts.append(f"Gen tok/s {r['gen_tok_per_sec']:.1f}")
+    parts += [f"Train tok/s {r['train_tok_per_sec']:.1f}", f"Peak mem {r['peak_memory_gb']:.3f} GB"]
+    if r.get("skipped"):
+        parts.append(f"Skipped {r['skipped']}")
+    return ", ".join(parts)

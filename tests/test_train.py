@@ -1,0 +1,225 @@
+"""End-to-end training on the tiny model through the CLI entry points."""
+
+import json
+import random
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_gft.config import ConfigError
+from mlx_gft.data import DataError
+from mlx_gft.lora import main, parse_config, run
+
+pytestmark = pytest.mark.slow
+
+QUICK = [
+    "--batch-size",
+    "2",
+    "--group-size",
+    "3",
+    "--max-completion-length",
+    "16",
+    "--num-layers",
+    "-1",
+    "--test-batches",
+    "1",
+    "--steps-per-report",
+    "1",
+    "--probe-size",
+    "2",
+    "--val-batches",
+    "1",
+]
+
+
+def quick_run(tiny_model, data, adapters, *extra, log=None):
+    argv = [
+        "--model",
+        str(tiny_model),
+        "--data",
+        str(data),
+        "--train",
+        "--adapter-path",
+        str(adapters),
+        *QUICK,
+        *extra,
+    ]
+    lines = []
+    results = run(parse_config(argv), log=log or lines.append)
+    return results, lines
+
+
+@pytest.mark.parametrize("loss", ["gft", "sft", "dft", "grpo"])
+def test_each_loss_trains_and_saves_mlx_lm_adapters(tiny_model, arithmetic_data, tmp_path, loss):
+    extra = ["--iters", "2", "--loss", loss]
+    if loss == "grpo":
+        # Self-samples only: the tiny model is never right, so a user reward that grades
+        # length gives the groups the reward spread GRPO needs to move at all.
+        reward = tmp_path / "length_reward.py"
+        reward.write_text("def score(completion, **kw):\n    return len(completion) / 10\n")
+        extra += ["--kl-coef", "0.05", "--updates-per-batch", "2", "--reward", f"{reward}:score"]
+    results, lines = quick_run(tiny_model, arithmetic_data, tmp_path / "ad", *extra)
+    reports = results["reports"]
+    assert len(reports) == 2 and all(np.isfinite(r["loss"]) for r in reports)
+    assert any(line.startswith("Iter 2: Train loss") for line in lines)
+    if loss == "gft":
+        assert 0.0 <= reports[-1]["zero_var_frac"] <= 1.0
+        assert "sample_acc" in reports[-1]
+    if loss == "grpo":
+        assert reports[-1]["zero_var_frac"] < 1.0
+    # The adapters load in mlx-lm unchanged and change the model's output.
+    from mlx_lm import load
+
+    base, _ = load(str(tiny_model))
+    tuned, _ = load(str(tiny_model), adapter_path=str(tmp_path / "ad"))
+    x = mx.array([[1, 5, 9, 12]])
+    assert not np.allclose(np.array(base(x)), np.array(tuned(x)))
+    metrics = [json.loads(s) for s in (tmp_path / "ad" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["iteration"] == 1
+
+
+def test_resume_matches_an_unbroken_run(tiny_model, arithmetic_data, tmp_path):
+    common = ["--save-every", "2", "--seed", "3"]
+    quick_run(tiny_model, arithmetic_data, tmp_path / "full", "--iters", "4", *common)
+    quick_run(tiny_model, arithmetic_data, tmp_path / "part", "--iters", "2", *common)
+    _, lines = quick_run(
+        tiny_model, arithmetic_data, tmp_path / "part", "--iters", "4", "--resume", *common
+    )
+    assert "Resuming from iteration 2" in lines
+    a = mx.load(str(tmp_path / "full" / "adapters.safetensors"))
+    b = mx.load(str(tmp_path / "part" / "adapters.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(np.array(a[k]), np.array(b[k]), atol=1e-5)
+
+
+def test_yaml_only_configuration(tmp_path, tiny_model, arithmetic_data):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"model: {tiny_model}\ndata: {arithmetic_data}\ntrain: true\niters: 1\n"
+        f"adapter_path: {tmp_path / 'ad'}\nloss: dft\nmask_prompt: true\n"
+        "lora_parameters: {rank: 4, scale: 10.0}\ngroup_size: 7\nnum_layers: -1\n"
+    )
+    config = parse_config(["-c", str(cfg)])
+    assert (config.loss, config.iters, config.mask_prompt, config.group_size) == ("dft", 1, True, 7)
+    assert config.lora_parameters == {"rank": 4, "scale": 10.0, "dropout": 0.0}
+    # The command line wins over YAML, and only for what it names.
+    config = parse_config(["-c", str(cfg), "--group-size", "2"])
+    assert (config.group_size, config.loss) == (2, "dft")
+    run(config, log=lambda *_: None)
+    saved = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert saved["lora_parameters"]["rank"] == 4 and saved["fine_tune_type"] == "lora"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("lora_layers: 4\n", "did you mean 'num_layers'"),
+        ("lora_parameters: {alpha: 16}\n", "did you mean 'scale'"),
+        ("loss: ppo\n", "loss: 'ppo' is not one of"),
+    ],
+)
+def test_config_errors_suggest_the_right_name(tmp_path, yaml_text, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(["-c", str(cfg)])
+
+
+def _folder(tmp_path, train_text):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(train_text)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("train_text", "message"),
+    [
+        (
+            '{"prompt": "1+1?", "completion": "2"}\n{"prompt": "2+2?"\n',
+            r"train.jsonl:2: malformed JSON",
+        ),
+        ('{"prompt": "1+1?"}\n', r"train.jsonl:1: has 'prompt' but no 'completion'"),
+        ('{"prompt": "1+1?", "completion": 2}\n', r"train.jsonl:1: field 'completion'"),
+        ('{"text": "hello"}\n', "has no prompt to sample"),
+        ("", "training set .* missing or empty"),
+        ('{"prompt": "' + "one two three " * 400 + '", "completion": "2"}\n', "--max-seq-length"),
+    ],
+)
+def test_bad_data_is_a_clear_error_with_no_outputs(tmp_path, tiny_model, train_text, message):
+    folder = _folder(tmp_path, train_text)
+    argv = [
+        "--model",
+        str(tiny_model),
+        "--data",
+        str(folder),
+        "--train",
+        "--iters",
+        "1",
+        "--adapter-path",
+        str(tmp_path / "ad"),
+        "--max-seq-length",
+        "256",
+    ]
+    with pytest.raises(DataError, match=message):
+        run(parse_config(argv))
+    assert not (tmp_path / "ad").exists()
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(tmp_path / "missing"), "--train", "--model", str(tmp_path)])
+    assert "error:" in str(exit_info.value)
+
+
+def test_gft_raises_the_sampled_reward(tiny_model, tmp_path):
+    """A learning test: a dense user reward (shorter answers score higher).
+
+    A random tiny model's samples vary in length, so every group has reward spread; GFT
+    must move the policy towards short answers within a few dozen steps. (A sparse reward
+    such as "answer is all digits" takes off on some seeds and not others here: with a
+    near-uniform policy every token has p << tau and DCR weights it by p.)
+    """
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = random.Random(0)
+    words = ["apple", "river", "stone", "cloud", "green", "house", "light", "music"]
+    prompts = [" ".join(rng.choice(words) for _ in range(3)) for _ in range(64)]
+    rows = [{"prompt": p, "completion": "7 7 7 7 7 7"} for p in prompts]
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    reward = tmp_path / "short.py"
+    reward.write_text("def score(completion, **kw):\n    return -len(completion) / 20\n")
+    argv = [
+        "--model",
+        str(tiny_model),
+        "--data",
+        str(folder),
+        "--train",
+        "--iters",
+        "30",
+        "--batch-size",
+        "4",
+        "--group-size",
+        "4",
+        "--max-completion-length",
+        "8",
+        "--num-layers",
+        "-1",
+        "--learning-rate",
+        "3e-3",
+        "--steps-per-report",
+        "5",
+        "--reward",
+        f"{reward}:score",
+        "--adapter-path",
+        str(tmp_path / "ad"),
+        "--probe-size",
+        "2",
+        "--seed",
+        "2",
+    ]
+    reports = run(parse_config(argv), log=lambda *_: None)["reports"]
+    rewards = [r["reward_sampled"] for r in reports]
+    assert rewards[-1] > rewards[0] + 0.2, rewards
