@@ -97,3 +97,11 @@ def pad_batch(
         # Target position t predicts token t + 1: the response starts at len(prompt) - 1.
         mask[row, max(len(prompt) - 1, 0) : len(seq) - 1] = 1.0
     return mx.array(tokens), mx.array(mask)
+
+
+def response_start(mask: mx.array, multiple: int = 32) -> int:
+    """First target position any row scores, rounded down to a multiple of 32: positions
+    before it (the shared prompt) need no logits, and few distinct values keep the
+    compiled step's cache small."""
+    cols = np.flatnonzero(np.array(mask.sum(axis=0)) > 0)
+    return int(cols[0]) // multiple * multiple if cols.size else 0

@@ -28,17 +28,36 @@ def gather_logprobs(
     return logp, entropy
 
 
+# Architectures whose Model.__call__ is `model.model(x)` then the (tied) LM head, so the
+# head can run on the response positions alone.
+_SPLIT_HEAD = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+
+
+def _logits_from(model: nn.Module, inputs: mx.array, start: int) -> mx.array:
+    """Logits at positions start.. of `inputs`. Where the architecture allows it the LM
+    head runs on those positions only: with a 49k vocabulary it is most of a small model's
+    cost, and prompt positions are never scored."""
+    if start and getattr(model, "model_type", None) in _SPLIT_HEAD:
+        hidden = model.model(inputs)[:, start:]
+        if model.args.tie_word_embeddings:
+            return model.model.embed_tokens.as_linear(hidden)
+        return model.lm_head(hidden)
+    return model(inputs)[:, start:]
+
+
 def token_logprobs(
     model: nn.Module,
     tokens: mx.array,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    start: int = 0,
 ) -> tuple[mx.array, mx.array | None]:
-    """log p(tokens[:, t+1] | tokens[:, :t+1]) for a (B, L) batch -> (B, L-1).
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) for a (B, L) batch -> (B, L-1-start).
 
+    `start` skips the first target positions (shared prompt tokens nobody scores).
     Padding positions get values too; callers mask them.
     """
-    logits = model(tokens[:, :-1])
+    logits = _logits_from(model, tokens[:, :-1], start)
     if temperature != 1.0:
         logits = logits / temperature
-    return gather_logprobs(logits, tokens[:, 1:], with_entropy)
+    return gather_logprobs(logits, tokens[:, 1 + start :], with_entropy)

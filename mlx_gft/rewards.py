@@ -633,9 +633,7 @@ def _sequences_match(
 # Built-in rewards
 
 
-def math_reward(
-    prompt: str, completion: str, answer: str | None = None, **kwargs: object
-) -> float:
+def math_reward(prompt: str, completion: str, answer: str | None = None, **kwargs: object) -> float:
     """1.0 when the completion's final answer matches `answer`, else 0.0.
 
     `answer` may be a bare answer or a whole GSM8K / MATH solution (its ``#### N`` or last

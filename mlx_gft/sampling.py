@@ -10,7 +10,8 @@ time goes. `sample_groups` does it the cheap way:
 3. all rows decode together; each step's sampling (temperature, top-k, top-p, min-p,
    the draw and both log-probabilities) is one `mx.compile`d function;
 4. rows stop independently (EOS, stop strings, length) and finished rows are dropped
-   from the batch (and their cache) so late steps only pay for live rows.
+   from the batch (and their cache) so late steps only pay for live rows; with
+   `max_concurrency`, waiting samples join the running batch as rows free up.
 
 Why not mlx-lm's `BatchGenerator`: it gives only the untempered log-probabilities,
 splits the full log-softmax into one array per row every step, and draws from the
@@ -68,13 +69,13 @@ class SamplingParams:
     top_k: int = 0
     min_p: float = 0.0
 
-    def validate(self, vocab_size: int | None) -> None:
+    def validate(self) -> None:
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+            raise ValueError(f"top_k must be >= 0 (0 or >= vocab = off), got {self.top_k}")
         if not 0.0 <= self.min_p < 1.0:
             raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
 
@@ -94,7 +95,9 @@ def truncated_logits(logits: mx.array, params: SamplingParams) -> mx.array:
     neg_inf = mx.array(-mx.inf, mx.float32)
     vocab = x.shape[-1]
     if 0 < params.top_k < vocab:
-        kth = mx.sort(x, axis=-1)[..., vocab - params.top_k : vocab - params.top_k + 1]
+        # The k-th largest value, found by a partition (cheaper than a full sort).
+        pos = vocab - params.top_k
+        kth = mx.partition(x, kth=pos, axis=-1)[..., pos : pos + 1]
         x = mx.where(x < kth, neg_inf, x)
     if params.top_p < 1.0:
         # Keep the smallest set of most likely tokens whose mass reaches top_p: a token
@@ -117,6 +120,48 @@ def _step_keys(row_keys: mx.array, steps: mx.array) -> mx.array:
     return row_keys ^ mx.stack([mx.zeros_like(steps), steps], axis=-1)
 
 
+_BLOCK = 256  # vocabulary block size of the two-level inverse-CDF draw
+
+
+def _last_positive(x: mx.array) -> mx.array:
+    """Index of the last entry > 0 along the last axis (rows have at least one)."""
+    n = x.shape[-1]
+    return n - 1 - mx.argmax((x > 0)[..., ::-1], axis=-1)
+
+
+def draw(probs: mx.array, u: mx.array) -> mx.array:
+    """One token per row from probs (N, V) with two uniforms per row u (N, 2).
+
+    Inverse CDF in two levels: u[:, 0] picks a block of 256 tokens by block mass, u[:, 1]
+    a token inside it. Each level's cumsum is short and starts near 0, so float32 loses
+    almost nothing of the tail (a flat cumsum over 50k tokens would drop tokens below
+    its rounding step near 1), and it costs a fraction of Gumbel-max: no per-token
+    random numbers or logarithms. Zero-probability (truncated) tokens are never drawn.
+    """
+    n, vocab = probs.shape
+    n_blocks = -(-vocab // _BLOCK)
+    pad = n_blocks * _BLOCK - vocab
+    if pad:
+        probs = mx.pad(probs, [(0, 0), (0, pad)])
+    blocks = probs.reshape(n, n_blocks, _BLOCK)
+    mass = blocks.sum(axis=-1)
+    cum = mx.cumsum(mass, axis=-1)
+    # First block whose cumulative mass exceeds the target (rounding can overshoot the
+    # end: fall back to the last block that has mass).
+    b = (cum <= (u[:, 0] * cum[:, -1])[:, None]).sum(axis=-1)
+    b = mx.minimum(b, _last_positive(mass))
+    inner = mx.take_along_axis(blocks, b[:, None, None], axis=1)[:, 0]
+    icum = mx.cumsum(inner, axis=-1)
+    j = (icum <= (u[:, 1] * icum[:, -1])[:, None]).sum(axis=-1)
+    j = mx.minimum(j, _last_positive(inner))
+    return b * _BLOCK + j
+
+
+def _is_plain(params: SamplingParams) -> bool:
+    """Temperature 1 and no truncation: the sampling distribution is the T=1 softmax."""
+    return params == SamplingParams(temperature=1.0)
+
+
 @lru_cache(maxsize=32)
 def _compiled_sampler(params: SamplingParams):
     """(logits (N, V), row_keys (N, 2), steps (N,)) -> (token, log q, log p_T=1) per row.
@@ -126,18 +171,26 @@ def _compiled_sampler(params: SamplingParams):
 
     def sample(logits: mx.array, row_keys: mx.array, steps: mx.array):
         logits = logits.astype(mx.float32)
-        logp_t1 = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        # One exp pass serves both the T=1 log-softmax and, for plain sampling, the probs.
+        top = logits.max(axis=-1, keepdims=True)
+        e = mx.exp(logits - top)
+        total = e.sum(axis=-1, keepdims=True)
+        logp_t1 = logits - (top + mx.log(total))
         if params.temperature == 0:
             token = mx.argmax(logits, axis=-1)
             logq = mx.zeros(token.shape, mx.float32)  # greedy: a point mass
         else:
-            x = truncated_logits(logits, params)
-            logq_all = x - mx.logsumexp(x, axis=-1, keepdims=True)
+            if _is_plain(params):
+                logq_all, probs = logp_t1, e / total
+            else:
+                x = truncated_logits(logits, params)
+                logq_all = x - mx.logsumexp(x, axis=-1, keepdims=True)
+                probs = mx.exp(logq_all)
+            # One key per row and step: row i's draw does not depend on the rows around
+            # it, so batching never changes a sample.
             keys = _step_keys(row_keys, steps)
-            # Gumbel-max with one key per row: row i's draw does not depend on the rows
-            # around it, so batching never changes a sample.
-            noise = mx.vmap(lambda k: mx.random.gumbel(shape=(x.shape[-1],), key=k))(keys)
-            token = mx.argmax(x + noise, axis=-1)
+            u = mx.vmap(lambda k: mx.random.uniform(shape=(2,), key=k))(keys)
+            token = draw(probs, u)
             logq = mx.take_along_axis(logq_all, token[:, None], axis=-1)[:, 0]
         chosen_t1 = mx.take_along_axis(logp_t1, token[:, None], axis=-1)[:, 0]
         return token.astype(mx.uint32), logq, chosen_t1
@@ -214,9 +267,7 @@ class _Row:
         self.finish_reason: FinishReason | None = None
         self.stop_string: str | None = None
 
-    def add(
-        self, token: int, logq: float, logp: float, eos: set[int], stops: _StopStrings
-    ) -> bool:
+    def add(self, token: int, logq: float, logp: float, eos: set[int], stops: _StopStrings) -> bool:
         """Record one sampled token; True when the row is finished."""
         self.tokens.append(token)
         self.logprobs.append(logq)
@@ -274,8 +325,9 @@ class _LiveBatch:
     cache holds everything before it.
     """
 
-    def __init__(self, rows: list[_Row], cache: list[Any], out: tuple, keys: mx.array,
-                 steps: mx.array):
+    def __init__(
+        self, rows: list[_Row], cache: list[Any], out: tuple, keys: mx.array, steps: mx.array
+    ):
         self.rows, self.cache, self.out, self.keys, self.steps = rows, cache, out, keys, steps
 
     def filter(self, keep: list[int]) -> None:
@@ -378,7 +430,10 @@ def _admit_chunk(group_size: int, max_rows: int) -> int:
 
 
 def _queue(
-    prompts: list[list[int]], group_size: int, max_tokens: int, context: int | None,
+    prompts: list[list[int]],
+    group_size: int,
+    max_tokens: int,
+    context: int | None,
     by_length: bool,
 ) -> deque[_Row]:
     """One row per sample, group after group; by prompt length when batches are capped
@@ -407,7 +462,7 @@ def _validate(
     if not prompts:
         raise ValueError("prompts is empty: give at least one prompt")
     vocab, context = _vocab_size(model), _context_length(model)
-    params.validate(vocab)
+    params.validate()
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty: it needs at least one token")
@@ -473,8 +528,16 @@ def sample_groups(
     model.eval()
     try:
         _decode(
-            model, prompts, queue, max_rows, _admit_chunk(group_size, max_rows), row_keys,
-            sampler, eos, stops, prefill_step_size,
+            model,
+            prompts,
+            queue,
+            max_rows,
+            _admit_chunk(group_size, max_rows),
+            row_keys,
+            sampler,
+            eos,
+            stops,
+            prefill_step_size,
         )
     finally:
         model.train(was_training)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +25,8 @@ from . import rewards as rewards_lib
 from .advantages import group_advantages, zero_variance_fraction
 from .config import ConfigError, TrainConfig
 from .data import Example
-from .groups import KINDS, build_groups, pad_batch, reward_inputs
+from .evaluate import accuracy
+from .groups import KINDS, Groups, build_groups, pad_batch, response_start, reward_inputs
 from .logprobs import token_logprobs
 from .losses import dft_loss, gft_loss, grpo_loss, sft_loss
 from .models import adapters_disabled
@@ -146,8 +148,8 @@ def make_loss(config: TrainConfig):
     """loss(model, tokens, mask, advantages, old_lp, base_lp, metric_rows) -> (loss, stats)."""
     temperature = config.temperature if config.loss == "grpo" else 1.0
 
-    def loss_fn(model, tokens, mask, advantages, old_lp, base_lp, metric_rows):
-        lp, entropy = token_logprobs(model, tokens, temperature, with_entropy=True)
+    def loss_fn(model, start, tokens, mask, advantages, old_lp, base_lp, metric_rows):
+        lp, entropy = token_logprobs(model, tokens, temperature, with_entropy=True, start=start)
         if config.loss == "gft":
             loss = gft_loss(lp, mask, advantages, config.tau, config.loss_agg)
         elif config.loss == "sft":
@@ -203,11 +205,12 @@ class Stepper:
         )
         self.skipped = 0
 
-    def update(self, micro_batches: list[tuple]) -> dict:
-        """One optimizer update from micro-batches whose gradients are averaged."""
+    def update(self, micro_batches: list[tuple], start: int = 0) -> dict:
+        """One optimizer update from micro-batches whose gradients are averaged; `start`
+        is the first scored target position (see `response_start`)."""
         grads, losses, stats = None, [], []
         for batch in micro_batches:
-            (loss, s), g = self.value_and_grad(*batch)
+            (loss, s), g = self.value_and_grad(start, *batch)
             grads = g if grads is None else tree_map(mx.add, grads, g)
             losses.append(loss)
             stats.append(s)
@@ -268,16 +271,21 @@ def make_probe(model, tokenizer, examples: list[Example], config: TrainConfig) -
         tokens, mask = pad_batch(
             [(e.prompt, s.tokens) for e, s in zip(examples, samples, strict=True)]
         )
-        base_lp, _ = token_logprobs(model, tokens)
-    return {"tokens": tokens, "mask": mask, "base_lp": base_lp}
+        start = response_start(mask)
+        base_lp, _ = token_logprobs(model, tokens, start=start)
+    return {"tokens": tokens, "mask": mask[:, start:], "base_lp": base_lp}
 
 
 def probe_kl(model, probe: dict) -> float:
     """Mean over probe answers of sum_t [log pi_base - log pi_theta] (the reference's metric)."""
     if not probe:
         return float("nan")
-    lp, _ = token_logprobs(model, probe["tokens"])
+    start = probe["tokens"].shape[1] - 1 - probe["mask"].shape[1]
+    lp, _ = token_logprobs(model, probe["tokens"], start=start)
     return ((probe["base_lp"] - lp) * probe["mask"]).sum(-1).mean().item()
+
+
+VERIFIERS = ("math", "accuracy")
 
 
 def default_rewards(config: TrainConfig, examples: list[Example]) -> list[str]:
@@ -292,7 +300,9 @@ def expert_nll(model, examples: list[Example], batch_size: int) -> float:
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         tokens, mask = pad_batch([(e.prompt, e.expert) for e in chunk])
-        lp, _ = token_logprobs(model, tokens)
+        start = response_start(mask)
+        lp, _ = token_logprobs(model, tokens, start=start)
+        mask = mask[:, start:]
         total += (-(lp * mask).sum()).item()
         count += mask.sum().item()
     return total / max(count, 1)
@@ -322,6 +332,143 @@ def _minibatches(groups, config: TrainConfig) -> list[list[list[int]]]:
     return [u for u in plan if u]
 
 
+SAMPLED_LOSSES = ("gft", "grpo")
+
+
+def rollout(model, tokenizer, examples: list[Example], config: TrainConfig, reward_fns, seed: int):
+    """Sample K answers per prompt, build the groups, score and z-score them.
+
+    Returns (groups, advantages, metrics). SFT and DFT train on the expert alone.
+    """
+    if config.loss not in SAMPLED_LOSSES:
+        groups = build_groups(examples, [], 0, teacher_count=1)
+        return groups, mx.ones((len(groups.members),)), {}
+    tic = time.perf_counter()
+    model.eval()  # no LoRA dropout while sampling
+    samples = sample_groups(
+        model,
+        tokenizer,
+        [e.prompt for e in examples],
+        config.group_size,
+        max_tokens=config.max_completion_length,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=seed,
+    )
+    model.train()
+    row = {
+        "sample_time": time.perf_counter() - tic,
+        "gen_tokens": sum(len(s.tokens) for s in samples),
+    }
+    offpolicy = config.loss == "gft"
+    groups = build_groups(examples, samples, config.group_size, config.teacher_count, offpolicy)
+    total, columns = rewards_lib.score(reward_fns, reward_inputs(groups))
+    adv = group_advantages(total, groups.sizes, scale=config.adv_scale)
+    kinds = np.array([m.kind for m in groups.members])
+    row["zero_var_frac"] = zero_variance_fraction(total, groups.sizes)
+    row["group_size_mean"] = float(np.mean(groups.sizes))
+    for kind in KINDS:
+        if (kinds == kind).any():
+            row[f"reward_{kind}"] = float(total[kinds == kind].mean())
+    verifier = next((r.name for r in reward_fns if r.name in VERIFIERS), None)
+    if verifier:
+        row["sample_acc"] = float(columns[verifier][kinds == "sampled"].mean())
+    row["truncated_frac"] = float(np.mean([s.finish_reason == "length" for s in samples]))
+    return groups, adv, row
+
+
+def training_arrays(model, tokenizer, groups: Groups, adv: mx.array, config: TrainConfig):
+    """(start, arrays) for the loss: the first scored target position, then per member
+    tokens, mask, advantages, old and base log-probs (GRPO) and the rows the entropy
+    metric is taken on (the samples, else every row)."""
+    sampled = config.loss in SAMPLED_LOSSES
+    if sampled or config.mask_prompt:
+        pairs = [(m.prompt, m.response) for m in groups.members]
+    else:  # mlx_lm.lora's default: SFT trains on the prompt tokens too
+        pairs = [([], m.prompt + m.response) for m in groups.members]
+    tokens, mask = pad_batch(pairs, pad_id=tokenizer.eos_token_id or 0)
+    start = response_start(mask)
+    mask = mask[:, start:]
+    kinds = np.array([m.kind for m in groups.members])
+    metric_rows = mx.array((kinds == "sampled") if sampled else np.ones(len(kinds)), mx.float32)
+    old_lp = base_lp = mx.zeros(mask.shape)
+    if config.loss == "grpo":
+        # The ratio's denominator: the policy that sampled, before this batch's updates.
+        old_lp = mx.stop_gradient(token_logprobs(model, tokens, config.temperature, start=start)[0])
+        if config.kl_coef:
+            with adapters_disabled(model):
+                base_lp = token_logprobs(model, tokens, config.temperature, start=start)[0]
+    return start, (tokens, mask, adv, old_lp, base_lp, metric_rows)
+
+
+def run_updates(stepper: "Stepper", groups: Groups, batch: tuple, config: TrainConfig) -> dict:
+    """updates_per_batch optimizer updates over the batch, each from its micro-batches."""
+    start, arrays = batch
+    updates = []
+    for plan in _minibatches(groups, config):
+        micro = []
+        for rows in plan:
+            idx = mx.array(rows)
+            micro.append(tuple(a[idx] for a in arrays))
+        updates.append(stepper.update(micro, start))
+    n_tok, n_stat, ent_sum, rect = sum(u["stats"] for u in updates).tolist()
+    return {
+        "loss": float(np.mean([u["loss"] for u in updates])),
+        "grad_norm": float(max(u["grad_norm"] for u in updates)),
+        "entropy": ent_sum / max(n_stat, 1),
+        "rectified_frac": rect / max(n_tok, 1),
+        "skipped": sum(u.get("skipped", 0) for u in updates),
+        "train_tokens": int(n_tok),
+    }
+
+
+def validate(model, tokenizer, valid_set: list[Example], config: TrainConfig, reward_fns) -> dict:
+    """Expert-answer NLL (comparable across losses) and, with a verifier, sampled accuracy."""
+    n = len(valid_set) if config.val_batches < 0 else config.val_batches * config.batch_size
+    subset = valid_set[:n]
+    out = {"val_loss": expert_nll(model, subset, config.batch_size)}
+    verifier = next((r.name for r in reward_fns if r.name in VERIFIERS), None)
+    if verifier and all(e.answer is not None for e in subset):
+        acc = accuracy(
+            model,
+            tokenizer,
+            subset,
+            verifier,
+            temperature=config.temperature,
+            max_tokens=config.max_completion_length,
+            seed=config.seed,
+            batch_size=config.batch_size * config.group_size,
+        )
+        out["val_acc"] = acc["avg_at_k"]
+    return out
+
+
+class _Reporter:
+    """Report lines to the log, every metric to metrics.jsonl, optionally to wandb."""
+
+    def __init__(self, config: TrainConfig, log):
+        self.log = log
+        self.file = (Path(config.adapter_path) / "metrics.jsonl").open("a")
+        self.wandb = None
+        if config.report_to and "wandb" in config.report_to.split(","):
+            import wandb
+
+            name = config.project_name or Path.cwd().name
+            self.wandb = wandb.init(project=name, config=asdict(config))
+
+    def __call__(self, metrics: dict, line: str) -> None:
+        self.log(line)
+        self.file.write(json.dumps(metrics) + "\n")
+        self.file.flush()
+        if self.wandb:
+            self.wandb.log(metrics, step=metrics["iteration"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
 def train(
     model: nn.Module,
     tokenizer,
@@ -338,14 +485,11 @@ def train(
     folder.mkdir(parents=True, exist_ok=True)
     _atomic_json(folder / "adapter_config.json", adapter_config(config))
     optimizer = make_optimizer(config)
-    sampled = config.loss in ("gft", "grpo")
-    reward_fns = (
-        rewards_lib.load_rewards(default_rewards(config, train_set), config.reward_weights)
-        if sampled
-        else ()
-    )
-    verifier = next((r.name for r in reward_fns if r.name in ("math", "accuracy")), None)
-
+    reward_fns = ()
+    if config.loss in SAMPLED_LOSSES or (valid_set and all(e.answer for e in valid_set)):
+        reward_fns = rewards_lib.load_rewards(
+            default_rewards(config, train_set), config.reward_weights
+        )
     start, probe = 0, {}
     if config.resume:
         state, probe = load_checkpoint(model, optimizer, config)
@@ -355,130 +499,65 @@ def train(
         probe = make_probe(model, tokenizer, valid_set or train_set, config)
     stepper = Stepper(model, optimizer, config)
     total_iters = num_iterations(config, len(train_set))
-    metrics_file = (folder / "metrics.jsonl").open("a")
-    reports, window = [], []
-    trained_tokens = 0
+    report = _Reporter(config, log)
+    reports, window, trained_tokens = [], [], 0
+    progress = _progress(total_iters, start)
 
     for it in range(start, total_iters):
         tic = time.perf_counter()
-        mx.random.seed(config.seed * 1_000_003 + it)
-        examples = [
-            train_set[i] for i in batch_indices(len(train_set), config.batch_size, it, config.seed)
-        ]
-        row = {"iteration": it + 1}
-        samples = []
-        if sampled:
-            model.eval()
-            samples = sample_groups(
-                model,
-                tokenizer,
-                [e.prompt for e in examples],
-                config.group_size,
-                max_tokens=config.max_completion_length,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                seed=config.seed * 1_000_003 + it,
-            )
-            model.train()
-        sample_time = time.perf_counter() - tic
-
-        if sampled:
-            offpolicy = config.loss == "gft"
-            groups = build_groups(
-                examples, samples, config.group_size, config.teacher_count, offpolicy
-            )
-        else:  # SFT / DFT: the expert answers alone
-            groups = build_groups(examples, [], 0, teacher_count=1)
-        kinds = np.array([m.kind for m in groups.members])
-        if sampled:
-            total, columns = rewards_lib.score(reward_fns, reward_inputs(groups))
-            adv = group_advantages(total, groups.sizes, scale=config.adv_scale)
-            row["zero_var_frac"] = zero_variance_fraction(total, groups.sizes)
-            for kind in KINDS:
-                if (kinds == kind).any():
-                    row[f"reward_{kind}"] = float(total[kinds == kind].mean())
-            if verifier:
-                row["sample_acc"] = float(columns[verifier][kinds == "sampled"].mean())
-        else:
-            adv = mx.ones((len(groups.members),))
-        if sampled:
-            pairs = [(m.prompt, m.response) for m in groups.members]
-        elif config.mask_prompt:
-            pairs = [(m.prompt, m.response) for m in groups.members]
-        else:
-            pairs = [([], m.prompt + m.response) for m in groups.members]
-        tokens, mask = pad_batch(pairs, pad_id=tokenizer.eos_token_id or 0)
-        metric_rows = mx.array(
-            (kinds == "sampled") if sampled else np.ones(len(kinds)), dtype=mx.float32
+        seed = config.seed * 1_000_003 + it  # resumable: depends on nothing but the iteration
+        mx.random.seed(seed)
+        picked = batch_indices(len(train_set), config.batch_size, it, config.seed)
+        groups, adv, row = rollout(
+            model, tokenizer, [train_set[i] for i in picked], config, reward_fns, seed
         )
-        base_lp = old_lp = None
-        if config.loss == "grpo":
-            old_lp = mx.stop_gradient(token_logprobs(model, tokens, config.temperature)[0])
-            if config.kl_coef:
-                with adapters_disabled(model):
-                    base_lp = token_logprobs(model, tokens, config.temperature)[0]
-        dummy = mx.zeros(mask.shape)
-        updates = []
-        for plan in _minibatches(groups, config):
-            micro = []
-            for rows in plan:
-                idx = mx.array(rows)
-                micro.append(
-                    (
-                        tokens[idx],
-                        mask[idx],
-                        adv[idx],
-                        (old_lp if old_lp is not None else dummy)[idx],
-                        (base_lp if base_lp is not None else dummy)[idx],
-                        metric_rows[idx],
-                    )
-                )
-            updates.append(stepper.update(micro))
-        train_time = time.perf_counter() - tic - sample_time
-
-        stats = sum(u["stats"] for u in updates) / len(updates)
-        n_tok, n_stat, ent_sum, rect = stats.tolist()
-        trained_tokens += int(sum(u["stats"][0].item() for u in updates))
         row.update(
-            loss=float(np.mean([u["loss"] for u in updates])),
-            grad_norm=float(max(u["grad_norm"] for u in updates)),
-            entropy=ent_sum / max(n_stat, 1),
-            rectified_frac=rect / max(n_tok, 1),
-            skipped=sum(u.get("skipped", 0) for u in updates),
-            sample_time=sample_time,
-            train_time=train_time,
-            gen_tokens=sum(len(s.tokens) for s in samples),
-            train_tokens=int(sum(u["stats"][0].item() for u in updates)),
-            group_size_mean=float(np.mean(groups.sizes)),
-            learning_rate=float(optimizer.learning_rate.item()),
+            run_updates(
+                stepper, groups, training_arrays(model, tokenizer, groups, adv, config), config
+            )
         )
+        row["train_time"] = time.perf_counter() - tic - row.get("sample_time", 0.0)
+        row["learning_rate"] = float(optimizer.learning_rate.item())
+        trained_tokens += row["train_tokens"]
         window.append(row)
+        if progress:
+            progress.update()
 
-        last = it + 1 == total_iters
-        if (it + 1) % config.steps_per_report == 0 or last:
-            report = _summarise(window, it + 1)
-            report["kl_to_base"] = probe_kl(model, probe)
-            report["trained_tokens"] = trained_tokens
-            report["peak_memory_gb"] = mx.get_peak_memory() / 1e9
-            log(report_line(report))
-            metrics_file.write(json.dumps(report) + "\n")
-            metrics_file.flush()
-            reports.append(report)
+        done = it + 1
+        last = done == total_iters
+        if done % config.steps_per_report == 0 or last:
+            summary = _summarise(window, done)
+            summary.update(
+                kl_to_base=probe_kl(model, probe),
+                trained_tokens=trained_tokens,
+                peak_memory_gb=mx.get_peak_memory() / 1e9,
+            )
+            report(summary, report_line(summary))
+            reports.append(summary)
             window = []
-        if valid_set and ((it + 1) % config.steps_per_eval == 0 or last):
-            n = len(valid_set) if config.val_batches < 0 else config.val_batches * config.batch_size
-            val = {
-                "iteration": it + 1,
-                "val_loss": expert_nll(model, valid_set[:n], config.batch_size),
-            }
-            log(f"Iter {it + 1}: Val loss {val['val_loss']:.3f}")
-            metrics_file.write(json.dumps(val) + "\n")
-            metrics_file.flush()
-        if (it + 1) % config.save_every == 0 or last:
-            save_adapters(model, config, it + 1 if not last else None)
-            save_checkpoint(model, optimizer, config, {"iteration": it + 1}, probe)
-    metrics_file.close()
+        if valid_set and (done % config.steps_per_eval == 0 or last):
+            tic = time.perf_counter()
+            val = validate(model, tokenizer, valid_set, config, reward_fns)
+            line = f"Iter {done}: Val loss {val['val_loss']:.3f}"
+            if "val_acc" in val:
+                line += f", Val acc {val['val_acc']:.3f}"
+            report({"iteration": done, **val}, f"{line}, Val took {time.perf_counter() - tic:.3f}s")
+        if done % config.save_every == 0 or last:
+            save_adapters(model, config, None if last else done)
+            save_checkpoint(model, optimizer, config, {"iteration": done}, probe)
+    if progress:
+        progress.close()
+    report.close()
     return reports
+
+
+def _progress(total: int, start: int):
+    """A progress bar on a terminal; nothing when output goes to a file or a test."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="Training", leave=False)
 
 
 def _summarise(window: list[dict], iteration: int) -> dict:
