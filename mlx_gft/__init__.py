@@ -5,6 +5,7 @@ from . import _blas
 _blas.preload()  # must run before the first `import mlx.core`
 
 from .advantages import group_advantages, zero_variance_fraction  # noqa: E402
+from .config import TrainConfig, build_config  # noqa: E402
 from .losses import (  # noqa: E402
     aggregate,
     dcr_coefficient,
@@ -18,7 +19,18 @@ from .losses import (  # noqa: E402
 
 __version__ = "0.1.0"
 
+
+def train(config: TrainConfig | None = None, log=print, **options) -> dict:
+    """Fine-tune from Python (see `mlx_gft.job.train`); imports mlx-lm only when called."""
+    from .job import train as _train
+
+    return _train(config, log, **options)
+
+
 __all__ = [
+    "TrainConfig",
+    "build_config",
+    "train",
     "aggregate",
     "dcr_coefficient",
     "dft_loss",

@@ -10,10 +10,10 @@ import argparse
 import dataclasses
 import sys
 import typing
-from pathlib import Path
 
 from .config import ConfigError, TrainConfig, build_config, load_yaml
 from .data import DataError
+from .job import run
 
 YAML_ONLY = ("optimizer_config", "lora_parameters", "lr_schedule")
 
@@ -55,74 +55,6 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     args = vars(build_parser().parse_args(argv))
     yaml_values = load_yaml(args.pop("config")) if "config" in args else {}
     return build_config(yaml_values, **args)
-
-
-def run(config: TrainConfig, log=print) -> dict:
-    """Load, optionally evaluate, train and test; returns the accuracies measured."""
-    import mlx.core as mx
-    from mlx_lm import load
-
-    from . import data as data_lib
-    from .evaluate import accuracy
-    from .gguf import resolve_model_path
-    from .trainer import default_rewards, expert_nll, setup_trainable, train
-
-    if not (config.train or config.test):
-        raise ConfigError("nothing to do: pass --train and/or --test")
-    mx.random.seed(config.seed)
-    model_path = resolve_model_path(config.model)
-    log(f"Loading model {config.model or 'SmolLM2-135M-Instruct (embedded default)'}")
-    model, tokenizer = load(model_path)
-    log(f"Loading data {config.data or '(built-in arithmetic task)'}")
-    splits = data_lib.load_splits(config.data)
-    needs_prompt = config.loss in ("gft", "grpo")
-    sets = {
-        name: data_lib.tokenize_rows(rows, tokenizer, config.max_seq_length, needs_prompt)
-        for name, rows in splits.items()
-    }
-    if config.train and not sets["train"]:
-        raise DataError(str(config.data), "the training set (train.jsonl) is missing or empty")
-    if config.test and not sets["test"]:
-        raise DataError(str(config.data), "the test set (test.jsonl) is missing or empty")
-
-    results: dict = {}
-    test_set = sets["test"]
-    n_test = len(test_set) if config.test_batches < 0 else config.test_batches * config.batch_size
-    test_set = test_set[:n_test]
-    verifier = test_set and all(e.answer is not None for e in test_set)
-
-    def held_out(tag: str) -> None:
-        if not (config.test and verifier):
-            return
-        acc = accuracy(
-            model,
-            tokenizer,
-            test_set,
-            default_rewards(config, test_set)[0],
-            temperature=config.temperature,
-            max_tokens=config.max_completion_length,
-            seed=config.seed,
-        )
-        results[f"{tag}_accuracy"] = acc["avg_at_k"]
-        log(
-            f"Held-out accuracy {tag}: {acc['avg_at_k']:.3f} on {acc['n']} problems "
-            f"(T={config.temperature})"
-        )
-
-    if config.train:
-        setup_trainable(model, config)
-        held_out("before")
-        log(f"Training with --loss {config.loss}")
-        results["reports"] = train(model, tokenizer, config, sets["train"], sets["valid"], log)
-    elif config.test and config.adapter_path and Path(config.adapter_path).exists():
-        from mlx_lm.tuner.utils import load_adapters
-
-        load_adapters(model, config.adapter_path)
-    if config.test:
-        results["test_loss"] = expert_nll(model, test_set, config.batch_size)
-        log(f"Test loss {results['test_loss']:.3f}")
-        held_out("after" if config.train else "test")
-    return results
 
 
 def main(argv: list[str] | None = None) -> None:

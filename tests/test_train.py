@@ -7,9 +7,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+import mlx_gft
 from mlx_gft.config import ConfigError
 from mlx_gft.data import DataError
-from mlx_gft.lora import main, parse_config, run
+from mlx_gft.job import run
+from mlx_gft.lora import main, parse_config
 
 pytestmark = pytest.mark.slow
 
@@ -223,3 +225,80 @@ def test_gft_raises_the_sampled_reward(tiny_model, tmp_path):
     reports = run(parse_config(argv), log=lambda *_: None)["reports"]
     rewards = [r["reward_sampled"] for r in reports]
     assert rewards[-1] > rewards[0] + 0.2, rewards
+
+
+def test_dora_and_fused_adapters_work_in_mlx_lm(tiny_model, arithmetic_data, tmp_path):
+    """DoRA adapters load by adapter_config.json alone, and mlx_lm.fuse folds them in."""
+    import subprocess
+    import sys
+
+    from mlx_lm import load
+
+    quick_run(
+        tiny_model,
+        arithmetic_data,
+        tmp_path / "ad",
+        "--iters",
+        "2",
+        "--fine-tune-type",
+        "dora",
+        "--learning-rate",
+        "1e-2",
+    )
+    saved = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert saved["fine_tune_type"] == "dora"
+    tuned, _ = load(str(tiny_model), adapter_path=str(tmp_path / "ad"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm",
+            "fuse",
+            "--model",
+            str(tiny_model),
+            "--adapter-path",
+            str(tmp_path / "ad"),
+            "--save-path",
+            str(tmp_path / "fused"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    fused, _ = load(str(tmp_path / "fused"))
+    base, _ = load(str(tiny_model))
+    x = mx.array([[1, 5, 9, 12, 40]])
+    np.testing.assert_allclose(np.array(fused(x)), np.array(tuned(x)), atol=1e-4)
+    assert not np.allclose(np.array(base(x)), np.array(tuned(x)), atol=1e-4)
+
+
+def test_qlora_on_a_quantized_base(tiny_model, arithmetic_data, tmp_path):
+    from mlx_lm import convert, load
+
+    convert(
+        str(tiny_model), mlx_path=str(tmp_path / "q4"), quantize=True, q_bits=4, q_group_size=32
+    )
+    results, _ = quick_run(
+        tmp_path / "q4", arithmetic_data, tmp_path / "ad", "--iters", "2", "--learning-rate", "1e-2"
+    )
+    assert np.isfinite(results["reports"][-1]["loss"])
+    base, _ = load(str(tmp_path / "q4"))
+    tuned, _ = load(str(tmp_path / "q4"), adapter_path=str(tmp_path / "ad"))
+    x = mx.array([[1, 5, 9, 12, 40]])
+    assert not np.allclose(np.array(base(x)), np.array(tuned(x)), atol=1e-4)
+
+
+def test_python_api(tiny_model, arithmetic_data, tmp_path):
+    results = mlx_gft.train(
+        model=str(tiny_model),
+        data=str(arithmetic_data),
+        iters=1,
+        batch_size=2,
+        group_size=2,
+        max_completion_length=8,
+        num_layers=-1,
+        adapter_path=str(tmp_path / "ad"),
+        probe_size=1,
+        log=lambda *_: None,
+    )
+    assert results["reports"][0]["iteration"] == 1
+    assert (tmp_path / "ad" / "adapters.safetensors").exists()

@@ -1,0 +1,82 @@
+"""The job `python -m mlx_gft.lora` runs, for Python users too: load the model and data,
+measure held-out accuracy, train, test."""
+
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig, build_config
+from .data import DataError
+
+
+def run(config: TrainConfig, log=print) -> dict:
+    """Load, optionally evaluate, train and test; returns the accuracies measured."""
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from . import data as data_lib
+    from .evaluate import accuracy
+    from .gguf import resolve_model_path
+    from .trainer import default_rewards, expert_nll, setup_trainable, train
+
+    if not (config.train or config.test):
+        raise ConfigError("nothing to do: pass --train and/or --test")
+    mx.random.seed(config.seed)
+    model_path = resolve_model_path(config.model)
+    log(f"Loading model {config.model or 'SmolLM2-135M-Instruct (embedded default)'}")
+    model, tokenizer = load(model_path)
+    log(f"Loading data {config.data or '(built-in arithmetic task)'}")
+    splits = data_lib.load_splits(config.data)
+    needs_prompt = config.loss in ("gft", "grpo")
+    sets = {
+        name: data_lib.tokenize_rows(rows, tokenizer, config.max_seq_length, needs_prompt)
+        for name, rows in splits.items()
+    }
+    if config.train and not sets["train"]:
+        raise DataError(str(config.data), "the training set (train.jsonl) is missing or empty")
+    if config.test and not sets["test"]:
+        raise DataError(str(config.data), "the test set (test.jsonl) is missing or empty")
+
+    results: dict = {}
+    test_set = sets["test"]
+    n_test = len(test_set) if config.test_batches < 0 else config.test_batches * config.batch_size
+    test_set = test_set[:n_test]
+    verifier = test_set and all(e.answer is not None for e in test_set)
+
+    def held_out(tag: str) -> None:
+        if not (config.test and verifier):
+            return
+        acc = accuracy(
+            model,
+            tokenizer,
+            test_set,
+            default_rewards(config, test_set)[0],
+            temperature=config.temperature,
+            max_tokens=config.max_completion_length,
+            seed=config.seed,
+        )
+        results[f"{tag}_accuracy"] = acc["avg_at_k"]
+        log(
+            f"Held-out accuracy {tag}: {acc['avg_at_k']:.3f} on {acc['n']} problems "
+            f"(T={config.temperature})"
+        )
+
+    if config.train:
+        setup_trainable(model, config)
+        held_out("before")
+        log(f"Training with --loss {config.loss}")
+        results["reports"] = train(model, tokenizer, config, sets["train"], sets["valid"], log)
+    elif config.test and config.adapter_path and Path(config.adapter_path).exists():
+        from mlx_lm.tuner.utils import load_adapters
+
+        load_adapters(model, config.adapter_path)
+    if config.test:
+        results["test_loss"] = expert_nll(model, test_set, config.batch_size)
+        log(f"Test loss {results['test_loss']:.3f}")
+        held_out("after" if config.train else "test")
+    return results
+
+
+def train(config: TrainConfig | None = None, log=print, **options) -> dict:
+    """Fine-tune from Python: `mlx_gft.train(model=..., data=..., loss="gft", iters=100)`
+    or with a TrainConfig. Returns the reports and accuracies `run` measured."""
+    config = config or build_config(train=True, **options)
+    return run(config, log)
