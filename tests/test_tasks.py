@@ -93,7 +93,7 @@ def test_templates_are_varied():
     assert len(first_words) >= 10  # names, and "There are ..."
     assert len(objects) >= 8
     answers = {row["answer"] for row in rows}
-    assert len(answers) >= 20
+    assert len(answers) >= 10
 
 
 def test_difficulty_knob_changes_steps_ranges_and_ops():
@@ -164,3 +164,13 @@ def test_is_correct():
     assert is_correct("3 + 5 = 8. The answer is 8.", "8")
     assert not is_correct("3 + 5 = 9. The answer is 9.", "8")
     assert not is_correct("", "8")
+
+
+def test_project_verifier_accepts_every_expert_solution():
+    rewards = pytest.importorskip("mlx_gft.rewards")
+    for level in sorted(LEVELS):
+        for row in make_dataset(40, 0, 0, seed=level, difficulty=level)["train"]:
+            got = rewards.math_reward(
+                prompt=row["prompt"], completion=row["completion"], answer=row["answer"]
+            )
+            assert got == 1.0, row
