@@ -15,38 +15,15 @@ from mlx_gft.lora import main, parse_config
 
 pytestmark = pytest.mark.slow
 
-QUICK = [
-    "--batch-size",
-    "2",
-    "--group-size",
-    "3",
-    "--max-completion-length",
-    "16",
-    "--num-layers",
-    "-1",
-    "--test-batches",
-    "1",
-    "--steps-per-report",
-    "1",
-    "--probe-size",
-    "2",
-    "--val-batches",
-    "1",
-]
+QUICK = (
+    "--batch-size 2 --group-size 3 --max-completion-length 16 --num-layers -1 "
+    "--test-batches 1 --steps-per-report 1 --probe-size 2 --val-batches 1"
+).split()
 
 
 def quick_run(tiny_model, data, adapters, *extra, log=None):
-    argv = [
-        "--model",
-        str(tiny_model),
-        "--data",
-        str(data),
-        "--train",
-        "--adapter-path",
-        str(adapters),
-        *QUICK,
-        *extra,
-    ]
+    argv = f"--model {tiny_model} --data {data} --train --adapter-path {adapters}".split()
+    argv += [*QUICK, *extra]
     lines = []
     results = run(parse_config(argv), log=log or lines.append)
     return results, lines
@@ -152,19 +129,9 @@ def _folder(tmp_path, train_text):
 )
 def test_bad_data_is_a_clear_error_with_no_outputs(tmp_path, tiny_model, train_text, message):
     folder = _folder(tmp_path, train_text)
-    argv = [
-        "--model",
-        str(tiny_model),
-        "--data",
-        str(folder),
-        "--train",
-        "--iters",
-        "1",
-        "--adapter-path",
-        str(tmp_path / "ad"),
-        "--max-seq-length",
-        "256",
-    ]
+    ad = tmp_path / "ad"
+    argv = f"--model {tiny_model} --data {folder} --train --iters 1 --adapter-path {ad}".split()
+    argv += ["--max-seq-length", "256"]
     with pytest.raises(DataError, match=message):
         run(parse_config(argv))
     assert not (tmp_path / "ad").exists()
@@ -193,35 +160,12 @@ def test_gft_raises_the_sampled_reward(tiny_model, tmp_path):
     (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     reward = tmp_path / "short.py"
     reward.write_text("def score(completion, **kw):\n    return -len(completion) / 20\n")
-    argv = [
-        "--model",
-        str(tiny_model),
-        "--data",
-        str(folder),
-        "--train",
-        "--iters",
-        "30",
-        "--batch-size",
-        "4",
-        "--group-size",
-        "4",
-        "--max-completion-length",
-        "8",
-        "--num-layers",
-        "-1",
-        "--learning-rate",
-        "3e-3",
-        "--steps-per-report",
-        "5",
-        "--reward",
-        f"{reward}:score",
-        "--adapter-path",
-        str(tmp_path / "ad"),
-        "--probe-size",
-        "2",
-        "--seed",
-        "2",
-    ]
+    argv = (
+        f"--model {tiny_model} --data {folder} --train --iters 30 --batch-size 4 "
+        "--group-size 4 --max-completion-length 8 --num-layers -1 --learning-rate 3e-3 "
+        f"--steps-per-report 5 --reward {reward}:score --adapter-path {tmp_path / 'ad'} "
+        "--probe-size 2 --seed 2"
+    ).split()
     reports = run(parse_config(argv), log=lambda *_: None)["reports"]
     rewards = [r["reward_sampled"] for r in reports]
     assert rewards[-1] > rewards[0] + 0.2, rewards
