@@ -386,3 +386,30 @@ def test_bad_input(loaded, kwargs, match):
     args = {"prompts": [[1, 5, 6]], "group_size": 2, "max_tokens": 4} | kwargs
     with pytest.raises(ValueError, match=match):
         sample_groups(model, tok, **args)
+
+
+# ---------------------------------------------------------------------------------------
+# The draw itself
+# ---------------------------------------------------------------------------------------
+
+
+def test_draw_follows_the_distribution():
+    rng = np.random.default_rng(0)
+    vocab = 700  # not a multiple of the 256-token block
+    p = rng.random(vocab) ** 4
+    p[rng.random(vocab) < 0.5] = 0.0  # truncated tokens
+    p[-1] = 0.0
+    p /= p.sum()
+    n = 200_000
+    probs = mx.broadcast_to(mx.array(p.astype(np.float32)), (n, vocab))
+    u = mx.random.uniform(shape=(n, 2), key=mx.random.key(1))
+    counts = np.bincount(np.array(sampling.draw(probs, u)), minlength=vocab)
+    assert counts[p == 0].sum() == 0
+    expected = p * n
+    big = expected > 50
+    z = (counts[big] - expected[big]) / np.sqrt(expected[big])
+    assert np.abs(z).max() < 5 and abs((z**2).mean() - 1) < 0.3
+    # The extreme uniforms still land on tokens that have mass.
+    edges = mx.array([[0.0, 0.0], [0.0, 1 - 2**-24], [1 - 2**-24, 1 - 2**-24], [1 - 2**-24, 0.0]])
+    picked = np.array(sampling.draw(probs[:4], edges))
+    assert (p[picked] > 0).all()
