@@ -243,14 +243,24 @@ class Stepper:
 # --------------------------------------------------------------------------------------
 
 
-def batch_indices(n: int, batch_size: int, iteration: int, seed: int) -> list[int]:
-    """Prompts for a 0-based iteration: a fresh permutation every epoch, reproducible from
-    (seed, iteration) alone, so a resumed run sees the same data as an unbroken one."""
-    out = []
-    for pos in range(iteration * batch_size, (iteration + 1) * batch_size):
-        epoch, offset = divmod(pos, n)
-        out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[offset]))
-    return out
+def length_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
+    """As mlx_lm.lora: examples sorted by length, cut into fixed batches of neighbours so a
+    batch pads little; a remainder smaller than a batch is left out."""
+    if len(lengths) < batch_size:
+        raise ConfigError(
+            f"the training set has {len(lengths)} examples, fewer than --batch-size {batch_size}"
+        )
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+
+
+def batch_indices(batches: list[np.ndarray], iteration: int, seed: int) -> list[int]:
+    """The batch of a 0-based iteration: every epoch visits the batches in a fresh order,
+    reproducible from (seed, iteration) alone, so a resumed run sees the same data."""
+    epoch, k = divmod(iteration, len(batches))
+    return [
+        int(i) for i in batches[np.random.default_rng([seed, epoch]).permutation(len(batches))[k]]
+    ]
 
 
 def make_probe(model, tokenizer, examples: list[Example], config: TrainConfig) -> dict:
@@ -313,9 +323,9 @@ def expert_nll(model, examples: list[Example], batch_size: int) -> float:
 # --------------------------------------------------------------------------------------
 
 
-def num_iterations(config: TrainConfig, n_train: int) -> int:
+def num_iterations(config: TrainConfig, batches_per_epoch: int) -> int:
     if config.epochs is not None:
-        return max(1, math.ceil(config.epochs * n_train / config.batch_size))
+        return max(1, math.ceil(config.epochs * batches_per_epoch))
     return config.iters
 
 
@@ -498,7 +508,8 @@ def train(
     if not probe:
         probe = make_probe(model, tokenizer, valid_set or train_set, config)
     stepper = Stepper(model, optimizer, config)
-    total_iters = num_iterations(config, len(train_set))
+    batches = length_batches([len(e.prompt) + len(e.expert) for e in train_set], config.batch_size)
+    total_iters = num_iterations(config, len(batches))
     report = _Reporter(config, log)
     reports, window, trained_tokens = [], [], 0
     progress = _progress(total_iters, start)
@@ -507,7 +518,7 @@ def train(
         tic = time.perf_counter()
         seed = config.seed * 1_000_003 + it  # resumable: depends on nothing but the iteration
         mx.random.seed(seed)
-        picked = batch_indices(len(train_set), config.batch_size, it, config.seed)
+        picked = batch_indices(batches, it, config.seed)
         groups, adv, row = rollout(
             model, tokenizer, [train_set[i] for i in picked], config, reward_fns, seed
         )
