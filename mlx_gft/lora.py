@@ -14,6 +14,8 @@ import typing
 from .config import ConfigError, TrainConfig, build_config, load_yaml
 from .data import DataError
 from .job import run
+from .rewards import RewardError
+from .trainer import TrainingStopped
 
 YAML_ONLY = ("optimizer_config", "lora_parameters", "lr_schedule")
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = parse_config(argv)
         run(config)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, RewardError, TrainingStopped, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
 

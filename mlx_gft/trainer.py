@@ -145,7 +145,8 @@ def load_checkpoint(model, optimizer, config: TrainConfig) -> tuple[dict, dict]:
 
 
 def make_loss(config: TrainConfig):
-    """loss(model, tokens, mask, advantages, old_lp, base_lp, metric_rows) -> (loss, stats)."""
+    """loss(model, start, tokens, mask, advantages, old_lp, base_lp, metric_rows)
+    -> (loss, [response tokens, metric tokens, entropy sum, rectified tokens])."""
     temperature = config.temperature if config.loss == "grpo" else 1.0
 
     def loss_fn(model, start, tokens, mask, advantages, old_lp, base_lp, metric_rows):

@@ -6,6 +6,7 @@ import random
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 import mlx_gft
 from mlx_gft.config import ConfigError
@@ -246,3 +247,31 @@ def test_python_api(tiny_model, arithmetic_data, tmp_path):
     )
     assert results["reports"][0]["iteration"] == 1
     assert (tmp_path / "ad" / "adapters.safetensors").exists()
+
+
+def test_non_finite_steps_are_skipped_then_stop_training(tiny_model):
+    import mlx.optimizers as optim
+    from mlx_lm import load
+
+    from mlx_gft.config import build_config
+    from mlx_gft.trainer import Stepper, TrainingStopped, setup_trainable
+
+    model, _ = load(str(tiny_model))
+    config = build_config(num_layers=-1, max_skipped_steps=2)
+    setup_trainable(model, config)
+    stepper = Stepper(model, optim.AdamW(learning_rate=1e-2), config)
+    tokens = mx.array([[1, 5, 9, 12, 40, 41]])
+    mask = mx.ones((1, 5))
+    zeros = mx.zeros((1, 5))
+
+    def batch(adv):
+        return [(tokens, mask, mx.array([adv]), zeros, zeros, mx.ones((1,)))]
+
+    before = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+    assert stepper.update(batch(float("nan")))["skipped"] == 1
+    after = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # nothing applied
+    assert "skipped" not in stepper.update(batch(1.0))  # a good step resets the count
+    stepper.update(batch(float("inf")))
+    with pytest.raises(TrainingStopped, match="2 consecutive steps"):
+        stepper.update(batch(float("nan")))
