@@ -275,3 +275,19 @@ def test_non_finite_steps_are_skipped_then_stop_training(tiny_model):
     stepper.update(batch(float("inf")))
     with pytest.raises(TrainingStopped, match="2 consecutive steps"):
         stepper.update(batch(float("nan")))
+
+
+def test_real_weights_and_the_built_in_task(tmp_path):
+    """The default path end to end on real pretrained weights (SmolLM2's first 2 layers):
+    no --data means the built-in task; held-out accuracy is measured before and after."""
+    from real_model import smollm_path
+
+    lines = []
+    results = mlx_gft.train(
+        model=str(smollm_path(2)), iters=1, batch_size=2, group_size=2,
+        max_completion_length=16, num_layers=-1, adapter_path=str(tmp_path / "ad"),
+        probe_size=1, test=True, test_batches=1, val_batches=1, log=lines.append,
+    )
+    assert {"before_accuracy", "after_accuracy", "test_loss"} <= results.keys()
+    assert any(line.startswith("Held-out accuracy after:") for line in lines)
+    assert np.isfinite(results["reports"][0]["loss"])
