@@ -43,6 +43,9 @@ class ConfigError(ValueError):
 class TrainConfig:
     # Model and data (None = the embedded default model / the built-in task).
     model: str | None = opt(None, "Hub id, mlx-lm folder or .gguf file")
+    model_dtype: str | None = opt(
+        None, "for .gguf models: float32, bfloat16, float16 or keep-quantized (default: per device)"
+    )
     data: str | None = opt(None, "folder with train/valid/test.jsonl or Hub dataset")
     train: bool = opt(False, "run training")
     test: bool = opt(False, "evaluate on the test set after training")
@@ -123,6 +126,9 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        dtypes = (None, "float32", "bfloat16", "float16", "keep-quantized")
+        if self.model_dtype not in dtypes:
+            raise ConfigError(f"model_dtype: {self.model_dtype!r} is not one of {dtypes[1:]}")
         if not 0.0 <= self.tau <= 1.0:
             raise ConfigError(f"tau must be in [0, 1], got {self.tau}")
         if self.temperature <= 0:

@@ -20,7 +20,7 @@ def run(config: TrainConfig, log=print) -> dict:
     if not (config.train or config.test):
         raise ConfigError("nothing to do: pass --train and/or --test")
     mx.random.seed(config.seed)
-    model_path = resolve_model_path(config.model)
+    model_path = resolve_model_path(config.model, config.model_dtype)
     log(f"Loading model {config.model or 'SmolLM2-135M-Instruct (embedded default)'}")
     model, tokenizer = load(model_path)
     log(f"Loading data {config.data or '(built-in arithmetic task)'}")

@@ -98,6 +98,7 @@ def test_yaml_only_configuration(tmp_path, tiny_model, arithmetic_data):
         ("lora_layers: 4\n", "did you mean 'num_layers'"),
         ("lora_parameters: {alpha: 16}\n", "did you mean 'scale'"),
         ("loss: ppo\n", "loss: 'ppo' is not one of"),
+        ("model_dtype: int4\n", "model_dtype: 'int4' is not one of"),
     ],
 )
 def test_config_errors_suggest_the_right_name(tmp_path, yaml_text, message):
