@@ -5,7 +5,7 @@ then the K samples. Every member keeps its exact token ids. The whole step's mem
 are padded into one (N, L) batch; `mask` marks the response tokens the loss sees.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
@@ -30,8 +30,7 @@ class Member:
 class Groups:
     members: list[Member]
     sizes: list[int]  # members per group, in order
-    dropped_teachers: int = 0  # teacher answers asked for but missing (rows with fewer)
-    rewards: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    missing_teachers: int = 0  # teacher answers asked for but absent (rows with fewer)
 
 
 def build_groups(
@@ -47,21 +46,21 @@ def build_groups(
     expert would lose its final answer and be pushed down by the verifier, so it is left
     out (the reference code keeps it: spec section 9).
     """
-    members, sizes, dropped = [], [], 0
+    members, sizes, missing = [], [], 0
     for i, ex in enumerate(examples):
         group = []
         if include_offpolicy:
             if not ex.expert_truncated:
                 group.append(Member(ex.prompt, ex.expert, "expert", ex.expert_text, ex))
             teachers = list(zip(ex.teachers, ex.teacher_texts, strict=False))[: teacher_count - 1]
-            dropped += max(teacher_count - 1 - len(teachers), 0)
+            missing += max(teacher_count - 1 - len(teachers), 0)
             group += [Member(ex.prompt, t, "teacher", text, ex) for t, text in teachers]
         for s in samples[i * group_size : (i + 1) * group_size]:
             truncated = s.finish_reason == "length"
             group.append(Member(ex.prompt, s.tokens, "sampled", s.text, ex, truncated))
         members += group
         sizes.append(len(group))
-    return Groups(members, sizes, dropped)
+    return Groups(members, sizes, missing)
 
 
 def reward_inputs(groups: Groups) -> list[dict]:

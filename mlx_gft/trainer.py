@@ -385,6 +385,7 @@ def rollout(model, tokenizer, examples: list[Example], config: TrainConfig, rewa
     if verifier:
         row["sample_acc"] = float(columns[verifier][kinds == "sampled"].mean())
     row["truncated_frac"] = float(np.mean([s.finish_reason == "length" for s in samples]))
+    row["missing_teachers"] = groups.missing_teachers
     return groups, adv, row
 
 
@@ -512,7 +513,7 @@ def train(
     batches = length_batches([len(e.prompt) + len(e.expert) for e in train_set], config.batch_size)
     total_iters = num_iterations(config, len(batches))
     report = _Reporter(config, log)
-    reports, window, trained_tokens = [], [], 0
+    reports, window, trained_tokens, noticed_missing = [], [], 0, False
     progress = _progress(total_iters, start)
 
     for it in range(start, total_iters):
@@ -531,6 +532,12 @@ def train(
         row["train_time"] = time.perf_counter() - tic - row.get("sample_time", 0.0)
         row["learning_rate"] = float(optimizer.learning_rate.item())
         trained_tokens += row["train_tokens"]
+        if row.get("missing_teachers") and not noticed_missing:
+            noticed_missing = True
+            log(
+                f"Note: some rows have fewer than teacher_count - 1 = {config.teacher_count - 1} "
+                "teacher answers; their groups are smaller (counted as missing_teachers)."
+            )
         window.append(row)
         if progress:
             progress.update()
