@@ -85,6 +85,7 @@ class TrainConfig:
     temperature: float = opt(1.0, "sampling temperature")
     top_p: float = opt(1.0, "sampling nucleus")
     max_completion_length: int = opt(256, "new tokens per sample")
+    mask_truncated: bool = opt(False, "no loss on samples cut off by max_completion_length")
     reward: list[str] | None = opt(
         None, "reward names or file.py:function (default: math if rows have answers, else f1)"
     )

@@ -401,6 +401,11 @@ def training_arrays(model, tokenizer, groups: Groups, adv: mx.array, config: Tra
     tokens, mask = pad_batch(pairs, pad_id=tokenizer.eos_token_id or 0)
     start = response_start(mask)
     mask = mask[:, start:]
+    if config.mask_truncated:
+        # A sample cut off before its answer is not wrong so much as unfinished (DAPO's
+        # overlong filtering): it still counts in its group's reward statistics.
+        keep = np.array([not m.truncated for m in groups.members], dtype=np.float32)
+        mask = mask * mx.array(keep)[:, None]
     kinds = np.array([m.kind for m in groups.members])
     metric_rows = mx.array((kinds == "sampled") if sampled else np.ones(len(kinds)), mx.float32)
     old_lp = base_lp = mx.zeros(mask.shape)

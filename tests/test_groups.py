@@ -56,3 +56,19 @@ def test_pad_batch_masks_exactly_the_response_targets():
     # Position t predicts token t + 1: row 0 scores targets 4, 5 at positions 2, 3.
     np.testing.assert_array_equal(np.array(mask)[:, :5], [[0, 0, 1, 1, 0], [1, 1, 1, 0, 0]])
     assert response_start(mask) == 0
+
+
+def test_mask_truncated_drops_cut_off_samples_from_the_loss():
+    from mlx_gft.config import build_config
+    from mlx_gft.trainer import training_arrays
+
+    class Tok:
+        eos_token_id = 2
+
+    ex = Example([1, 3], [7, 2])
+    samples = [sample(0, [11, 2]), sample(0, [12, 13, 14], "length")]
+    groups = build_groups([ex], samples, group_size=2, teacher_count=1)
+    adv = np.zeros(3, dtype=np.float32)
+    for flag, rows in ((False, [2, 2, 3]), (True, [2, 2, 0])):
+        _, arrays = training_arrays(None, Tok(), groups, adv, build_config(mask_truncated=flag))
+        assert np.array(arrays[1]).sum(axis=1).tolist() == rows
