@@ -518,7 +518,9 @@ def train(
     batches = length_batches([len(e.prompt) + len(e.expert) for e in train_set], config.batch_size)
     total_iters = num_iterations(config, len(batches))
     report = _Reporter(config, log)
-    reports, window, trained_tokens, noticed_missing = [], [], 0, False
+    reports, window, trained_tokens = [], [], 0
+    # Data without any teacher answers is the common case, not worth a notice.
+    noticed_missing = not any(e.teachers for e in train_set)
     progress = _progress(total_iters, start)
 
     for it in range(start, total_iters):
