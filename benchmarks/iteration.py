@@ -12,6 +12,7 @@ leaving out the first iteration, which pays for compilation.
 """
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -20,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_gft import _blas
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
-def run(cmd: list[str], pattern: str) -> list[float]:
-    out = subprocess.run(cmd, capture_output=True, text=True)
+def run(cmd: list[str], pattern: str, env: dict | None = None) -> list[float]:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(
             f"{' '.join(cmd[:4])} ... failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
@@ -102,7 +105,12 @@ def main() -> None:
             "--adapter-path",
             str(work / "peer"),
         ]
-        results["mlx-lm-lora GRPO"] = run(cmd, r"Speed: ([0-9.]+) it/s")[1:]
+        # mlx_gft preloads OpenBLAS itself; give the peer the same BLAS so the
+        # comparison measures the trainers, not the matmul library.
+        env = dict(os.environ)
+        if _blas.preload():
+            env["LD_PRELOAD"] = _blas.loaded
+        results["mlx-lm-lora GRPO"] = run(cmd, r"Speed: ([0-9.]+) it/s", env)[1:]
     print(
         f"B={args.batch_size}, K={args.group_size}, {args.max_completion_length} new tokens, "
         f"model {args.model}"
