@@ -69,6 +69,9 @@ class TrainConfig:
     save_every: int = opt(100, "iterations between checkpoints")
     test_batches: int = opt(500, "test batches, -1 for all")
     max_seq_length: int = opt(2048, "longest prompt + response in tokens")
+    long_prompts: str = opt(
+        "error", "prompts not shorter than max_seq_length: error, skip or truncate (keep the end)"
+    )
     grad_checkpoint: bool = opt(False, "recompute activations to save memory")
     seed: int = opt(0, "seed for data order, sampling and dropout")
     report_to: str | None = opt(None, "jsonl and/or wandb, comma-separated")
@@ -90,6 +93,7 @@ class TrainConfig:
         None, "reward names or file.py:function (default: math if rows have answers, else f1)"
     )
     reward_weights: list[float] | None = opt(None, "one weight per reward")
+    reward_timeout: float = opt(60.0, "seconds a reward may take on one sample, 0 for no limit")
     adv_scale: str = opt("group", "group, batch or none")
     loss_agg: str = opt("token-mean", "token-mean, seq-mean-token-mean or seq-mean-token-sum-norm")
     updates_per_batch: int = opt(1, "optimizer updates per sampled batch")
@@ -106,6 +110,7 @@ class TrainConfig:
             "loss": LOSSES,
             "adv_scale": ("group", "batch", "none"),
             "loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+            "long_prompts": ("error", "skip", "truncate"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -35,6 +35,7 @@ class Example:
     answer: str | None = None
     expert_truncated: bool = False
     columns: dict[str, Any] = field(default_factory=dict)  # extra columns, passed to rewards
+    where: str = ""  # file:line, for errors found after loading
 
 
 def _str_field(row: dict, key: str, where: str) -> str:
@@ -105,12 +106,16 @@ def parse_row(row: Any, where: str) -> dict[str, Any]:
 def read_jsonl(path: Path) -> list[tuple[str, dict]]:
     """Parse and validate every line of a JSONL file before anything is tokenized."""
     rows = []
+    raw = path.read_bytes()
     try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
+        # utf-8-sig: a byte-order mark some editors write is not part of the first row.
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}", f"not valid UTF-8 ({e.reason})") from None
-    for number, line in enumerate(lines, start=1):
+    # Only "\n" ends a row: str.splitlines() would also split on U+2028 and other
+    # separators JSON allows unescaped inside strings, and miscount lines.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -118,6 +123,8 @@ def read_jsonl(path: Path) -> list[tuple[str, dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(where, f"malformed JSON ({e.msg} at column {e.colno})") from None
+        except (ValueError, RecursionError) as e:  # too deeply nested, huge integers
+            raise DataError(where, f"unreadable JSON ({type(e).__name__}: {e})") from None
         rows.append((where, parse_row(row, where)))
     return rows
 
@@ -157,9 +164,17 @@ def response_tokens(tokenizer, messages: list[dict], prompt: list[int], text: st
 
 
 def tokenize_rows(
-    rows: list[tuple[str, dict]], tokenizer, max_seq_length: int, needs_prompt: bool
+    rows: list[tuple[str, dict]],
+    tokenizer,
+    max_seq_length: int,
+    needs_prompt: bool,
+    long_prompts: str = "error",
+    log=print,
 ) -> list[Example]:
-    examples = []
+    """Tokenize validated rows. A prompt not shorter than `max_seq_length` is an error,
+    or per `long_prompts` is skipped or truncated to its last max_seq_length // 2 tokens
+    (the end of a chat prompt holds the question and the assistant header)."""
+    examples, long = [], []
     for where, row in rows:
         if row["text"] is not None:
             if needs_prompt:
@@ -186,17 +201,29 @@ def tokenize_rows(
                 answer=row["answer"],
                 columns=row["columns"],
             )
+        ex.where = where
         if len(prompt) >= max_seq_length:
-            raise DataError(
-                where,
-                f"prompt is {len(prompt)} tokens, not shorter than "
-                f"--max-seq-length {max_seq_length}",
-            )
+            long.append((where, len(prompt)))
+            if long_prompts == "error":
+                raise DataError(
+                    where,
+                    f"prompt is {len(prompt)} tokens, not shorter than --max-seq-length "
+                    f"{max_seq_length} (or pass --long-prompts skip|truncate)",
+                )
+            if long_prompts == "skip":
+                continue
+            prompt = ex.prompt = prompt[-(max_seq_length // 2) :]
         room = max_seq_length - len(prompt)
         if len(ex.expert) > room:
             ex.expert, ex.expert_truncated = ex.expert[:room], True
         ex.teachers = [t for t in ex.teachers if len(t) <= room]
         examples.append(ex)
+    if long:
+        action = "skipped" if long_prompts == "skip" else f"cut to {max_seq_length // 2} tokens"
+        log(
+            f"Warning: {len(long)} prompt(s) not shorter than --max-seq-length {max_seq_length} "
+            f"{action} (first: {long[0][0]}, {long[0][1]} tokens)"
+        )
     return examples
 
 

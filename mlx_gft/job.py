@@ -15,23 +15,35 @@ def run(config: TrainConfig, log=print) -> dict:
     from . import data as data_lib
     from .evaluate import accuracy
     from .gguf import resolve_model_path
-    from .trainer import expert_nll, setup_trainable, train
+    from .trainer import (
+        SAMPLED_LOSSES,
+        check_answers,
+        default_rewards,
+        expert_nll,
+        setup_trainable,
+        train,
+    )
 
     if not (config.train or config.test):
         raise ConfigError("nothing to do: pass --train and/or --test")
     mx.random.seed(config.seed)
+    # Every row is parsed and checked before the (slow) model load.
+    log(f"Loading data {config.data or '(built-in arithmetic task)'}")
+    splits = data_lib.load_splits(config.data)
     model_path = resolve_model_path(config.model, config.model_dtype)
     log(f"Loading model {config.model or 'SmolLM2-135M-Instruct (embedded default)'}")
     model, tokenizer = load(model_path)
-    log(f"Loading data {config.data or '(built-in arithmetic task)'}")
-    splits = data_lib.load_splits(config.data)
     needs_prompt = config.loss in ("gft", "grpo")
     sets = {
-        name: data_lib.tokenize_rows(rows, tokenizer, config.max_seq_length, needs_prompt)
+        name: data_lib.tokenize_rows(
+            rows, tokenizer, config.max_seq_length, needs_prompt, config.long_prompts, log
+        )
         for name, rows in splits.items()
     }
     if config.train and not sets["train"]:
         raise DataError(str(config.data), "the training set (train.jsonl) is missing or empty")
+    if config.train and config.loss in SAMPLED_LOSSES:
+        check_answers(sets["train"], default_rewards(config, sets["train"]))
     if config.test and not sets["test"]:
         raise DataError(str(config.data), "the test set (test.jsonl) is missing or empty")
 

@@ -15,7 +15,7 @@ from .config import ConfigError, TrainConfig, build_config, load_yaml
 from .data import DataError
 from .job import run
 from .rewards import RewardError
-from .trainer import TrainingStopped
+from .trainer import TrainingInterrupted, TrainingStopped
 
 YAML_ONLY = ("optimizer_config", "lora_parameters", "lr_schedule")
 
@@ -59,12 +59,58 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return build_config(yaml_values, **args)
 
 
+OOM_MARKERS = (
+    "unable to allocate",
+    "insufficient memory",
+    "out of memory",
+    "attempting to allocate",
+)
+
+
+def out_of_memory_message(error: BaseException, config: TrainConfig | None) -> str | None:
+    """What to turn down when MLX (or Python) runs out of memory; None for other errors."""
+    text = str(error).lower()
+    if not (isinstance(error, MemoryError) or any(m in text for m in OOM_MARKERS)):
+        return None
+    knobs = (
+        "--batch-size (prompts per step)",
+        "--group-size (samples per prompt)",
+        "--max-completion-length (tokens per sample)",
+        "--max-seq-length",
+        "--grad-accumulation-steps (same batch, split in parts)",
+        "--grad-checkpoint (recompute activations)",
+        "--num-layers (fewer adapted layers)",
+    )
+    now = ""
+    if config is not None:
+        now = (
+            f" Now: batch {config.batch_size} x group {config.group_size} x "
+            f"{config.max_completion_length} tokens."
+        )
+    return (
+        f"error: out of memory ({str(error).strip() or type(error).__name__}).{now}\n"
+        "Turn one of these down (the last checkpoint, if any, is intact; --resume "
+        "continues):\n  " + "\n  ".join(knobs)
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
+    config = None
     try:
         config = parse_config(argv)
         run(config)
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_code)
     except (ConfigError, DataError, RewardError, TrainingStopped, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (MemoryError, RuntimeError) as e:
+        message = out_of_memory_message(e, config)
+        if message is None:
+            raise
+        sys.exit(message)
 
 
 if __name__ == "__main__":

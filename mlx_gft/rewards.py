@@ -838,16 +838,40 @@ def _excerpt(value: object, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
+def _call_with_timeout(fn: Callable[..., object], kwargs: dict, timeout: float) -> object:
+    """fn(**kwargs) in a daemon thread; TimeoutError after `timeout` seconds. A Python
+    thread cannot be killed, but a daemon one never keeps the process from exiting."""
+    result: list = []
+
+    def target() -> None:
+        try:
+            result.append((True, fn(**kwargs)))
+        except BaseException as exc:  # handed to the caller's thread
+            result.append((False, exc))
+
+    worker = threading.Thread(target=target, daemon=True, name="mlx_gft-reward")
+    worker.start()
+    worker.join(timeout)
+    if not result:
+        raise TimeoutError(f"no result within {timeout:g} s (--reward-timeout)")
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
+
+
 def score(
-    rewards: Sequence[Reward], samples: Sequence[Mapping[str, object]]
+    rewards: Sequence[Reward],
+    samples: Sequence[Mapping[str, object]],
+    timeout: float | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Score every sample with every reward.
 
     Each sample is a mapping with at least ``prompt`` and ``completion`` (``answer`` and
     ``reference`` default to None; other keys are passed through as dataset columns).
     Returns the weighted sum, shape (N,), and one column per reward name for logging.
-    Any failure, or a result that is not a finite number, raises a RewardError naming
-    the reward and the sample.
+    Any failure, a call that takes longer than `timeout` seconds, or a result that is
+    not a finite number raises a RewardError naming the reward and the sample.
     """
     columns = {r.name: np.zeros(len(samples), dtype=np.float64) for r in rewards}
     for index, sample in enumerate(samples):
@@ -860,7 +884,10 @@ def score(
         kwargs = {"answer": None, "reference": None, **sample}
         for reward in rewards:
             try:
-                value = reward.fn(**kwargs)
+                if timeout:
+                    value = _call_with_timeout(reward.fn, kwargs, timeout)
+                else:
+                    value = reward.fn(**kwargs)
             except Exception as exc:
                 raise RewardError(
                     f"reward {reward.name!r} raised {type(exc).__name__}: {exc} on {where}"

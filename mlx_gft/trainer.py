@@ -6,11 +6,14 @@ rewards inside each group, then run `updates_per_batch` optimizer updates on the
 SFT and DFT skip the sampling and train on the expert answers.
 """
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +27,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from . import rewards as rewards_lib
 from .advantages import group_advantages, zero_variance_fraction
 from .config import ConfigError, TrainConfig
-from .data import Example
+from .data import DataError, Example
 from .evaluate import accuracy
 from .groups import KINDS, Groups, build_groups, pad_batch, response_start, reward_inputs
 from .logprobs import token_logprobs
@@ -35,6 +38,15 @@ from .sampling import sample_groups
 
 class TrainingStopped(RuntimeError):
     """Training cannot go on (e.g. too many non-finite steps); the last checkpoint is intact."""
+
+
+class TrainingInterrupted(TrainingStopped):
+    """SIGINT or SIGTERM: a resumable checkpoint was saved after the current iteration."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        # Shell convention: 128 + signal number (130 for Ctrl-C, 143 for SIGTERM).
+        self.exit_code = 128 + int(getattr(signal, signal_name))
 
 
 # --------------------------------------------------------------------------------------
@@ -305,6 +317,18 @@ def default_rewards(config: TrainConfig, examples: list[Example]) -> list[str]:
     return ["math"] if all(e.answer is not None for e in examples) else ["f1"]
 
 
+def check_answers(examples: list[Example], specs: list[str]) -> None:
+    """A verifier reward needs every row's ground truth: say which row lacks it before
+    any sampling, not an hour into the run."""
+    needs = [s for s in specs if s in VERIFIERS]
+    for e in examples if needs else ():
+        if e.answer is None:
+            raise DataError(
+                f"{e.where}: field 'answer'",
+                f"missing; the {needs[0]!r} reward needs the ground truth of every row",
+            )
+
+
 def expert_nll(model, examples: list[Example], batch_size: int) -> float:
     """Token-mean NLL of the expert answers: a loss every method can be compared on."""
     total, count = 0.0, 0.0
@@ -373,7 +397,7 @@ def rollout(model, tokenizer, examples: list[Example], config: TrainConfig, rewa
     }
     offpolicy = config.loss == "gft"
     groups = build_groups(examples, samples, config.group_size, config.teacher_count, offpolicy)
-    total, columns = rewards_lib.score(reward_fns, reward_inputs(groups))
+    total, columns = rewards_lib.score(reward_fns, reward_inputs(groups), config.reward_timeout)
     adv = group_advantages(total, groups.sizes, scale=config.adv_scale)
     kinds = np.array([m.kind for m in groups.members])
     row["zero_var_frac"] = zero_variance_fraction(total, groups.sizes)
@@ -523,58 +547,112 @@ def train(
     noticed_missing = not any(e.teachers for e in train_set)
     progress = _progress(total_iters, start)
 
-    for it in range(start, total_iters):
-        tic = time.perf_counter()
-        seed = config.seed * 1_000_003 + it  # resumable: depends on nothing but the iteration
-        mx.random.seed(seed)
-        picked = batch_indices(batches, it, config.seed)
-        groups, adv, row = rollout(
-            model, tokenizer, [train_set[i] for i in picked], config, reward_fns, seed
-        )
-        row.update(
-            run_updates(
-                stepper, groups, training_arrays(model, tokenizer, groups, adv, config), config
-            )
-        )
-        row["train_time"] = time.perf_counter() - tic - row.get("sample_time", 0.0)
-        row["learning_rate"] = float(optimizer.learning_rate.item())
-        trained_tokens += row["train_tokens"]
-        if row.get("missing_teachers") and not noticed_missing:
-            noticed_missing = True
-            log(
-                f"Note: some rows have fewer than teacher_count - 1 = {config.teacher_count - 1} "
-                "teacher answers; their groups are smaller (counted as missing_teachers)."
-            )
-        window.append(row)
-        if progress:
-            progress.update()
+    def save(done: int, numbered: bool = True) -> None:
+        save_adapters(model, config, done if numbered else None)
+        save_checkpoint(model, optimizer, config, {"iteration": done}, probe)
 
-        done = it + 1
-        last = done == total_iters
-        if done % config.steps_per_report == 0 or last:
-            summary = _summarise(window, done)
-            summary.update(
-                kl_to_base=probe_kl(model, probe),
-                trained_tokens=trained_tokens,
-                peak_memory_gb=mx.get_peak_memory() / 1e9,
-            )
-            report(summary, report_line(summary))
-            reports.append(summary)
-            window = []
-        if valid_set and (done % config.steps_per_eval == 0 or last):
-            tic = time.perf_counter()
-            val = validate(model, tokenizer, valid_set, config, reward_fns)
-            line = f"Iter {done}: Val loss {val['val_loss']:.3f}"
-            if "val_acc" in val:
-                line += f", Val acc {val['val_acc']:.3f}"
-            report({"iteration": done, **val}, f"{line}, Val took {time.perf_counter() - tic:.3f}s")
-        if done % config.save_every == 0 or last:
-            save_adapters(model, config, None if last else done)
-            save_checkpoint(model, optimizer, config, {"iteration": done}, probe)
-    if progress:
-        progress.close()
-    report.close()
+    saved = start
+    try:
+        with stop_signals(log) as stop:
+            for it in range(start, total_iters):
+                tic = time.perf_counter()
+                seed = config.seed * 1_000_003 + it  # resumable: depends only on the iteration
+                mx.random.seed(seed)
+                picked = batch_indices(batches, it, config.seed)
+                try:
+                    groups, adv, row = rollout(
+                        model, tokenizer, [train_set[i] for i in picked], config, reward_fns, seed
+                    )
+                except rewards_lib.RewardError as e:
+                    # Nothing of this iteration is applied yet: keep the work done so far.
+                    if it > saved:
+                        save(it)
+                    raise rewards_lib.RewardError(
+                        f"{e}\nThe checkpoint of iteration {it} is saved: fix the reward, then "
+                        "continue with --resume."
+                    ) from e
+                row.update(
+                    run_updates(
+                        stepper,
+                        groups,
+                        training_arrays(model, tokenizer, groups, adv, config),
+                        config,
+                    )
+                )
+                row["train_time"] = time.perf_counter() - tic - row.get("sample_time", 0.0)
+                row["learning_rate"] = float(optimizer.learning_rate.item())
+                trained_tokens += row["train_tokens"]
+                if row.get("missing_teachers") and not noticed_missing:
+                    noticed_missing = True
+                    log(
+                        "Note: some rows have fewer than teacher_count - 1 = "
+                        f"{config.teacher_count - 1} teacher answers; their groups are smaller "
+                        "(counted as missing_teachers)."
+                    )
+                window.append(row)
+                if progress:
+                    progress.update()
+
+                done = it + 1
+                last = done == total_iters
+                if done % config.steps_per_report == 0 or last or stop:
+                    summary = _summarise(window, done)
+                    summary.update(
+                        kl_to_base=probe_kl(model, probe),
+                        trained_tokens=trained_tokens,
+                        peak_memory_gb=mx.get_peak_memory() / 1e9,
+                        active_memory_gb=mx.get_active_memory() / 1e9,
+                    )
+                    # Peak per report window, so a leak shows as growth across reports.
+                    mx.reset_peak_memory()
+                    report(summary, report_line(summary))
+                    reports.append(summary)
+                    window = []
+                if valid_set and (done % config.steps_per_eval == 0 or last):
+                    tic = time.perf_counter()
+                    val = validate(model, tokenizer, valid_set, config, reward_fns)
+                    line = f"Iter {done}: Val loss {val['val_loss']:.3f}"
+                    if "val_acc" in val:
+                        line += f", Val acc {val['val_acc']:.3f}"
+                    took = time.perf_counter() - tic
+                    report({"iteration": done, **val}, f"{line}, Val took {took:.3f}s")
+                if done % config.save_every == 0 or last or stop:
+                    save(done, numbered=not last)
+                    saved = done
+                if stop and not last:
+                    raise TrainingInterrupted(
+                        f"{stop[0]}: stopped after iteration {done} with a checkpoint in "
+                        f"{config.adapter_path}; continue with --resume",
+                        stop[0],
+                    )
+    finally:
+        if progress:
+            progress.close()
+        report.close()
     return reports
+
+
+@contextlib.contextmanager
+def stop_signals(log):
+    """Turn the first SIGINT / SIGTERM into a request to stop after the current iteration
+    (with a checkpoint); a second one aborts at once, leaving the last checkpoint."""
+    requested: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signal.Signals(signum).name)
+        log(f"\n{requested[0]}: finishing this iteration, then saving (again to abort now)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _progress(total: int, start: int):
