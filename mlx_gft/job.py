@@ -18,6 +18,7 @@ def run(config: TrainConfig, log=print) -> dict:
     from .trainer import (
         SAMPLED_LOSSES,
         check_answers,
+        check_distributed,
         default_rewards,
         expert_nll,
         setup_trainable,
@@ -27,6 +28,12 @@ def run(config: TrainConfig, log=print) -> dict:
     if not (config.train or config.test):
         raise ConfigError("nothing to do: pass --train and/or --test")
     mx.random.seed(config.seed)
+    group = mx.distributed.init()
+    lead = group.rank() == 0  # distributed: rank 0 speaks and evaluates
+    if config.train and group.size() > 1:
+        check_distributed(config, group.size())
+    if not lead:
+        log = _quiet
     # Every row is parsed and checked before the (slow) model load.
     log(f"Loading data {config.data or '(built-in arithmetic task)'}")
     splits = data_lib.load_splits(config.data)
@@ -54,7 +61,7 @@ def run(config: TrainConfig, log=print) -> dict:
     verifier = test_set and all(e.answer is not None for e in test_set)
 
     def held_out(tag: str) -> None:
-        if not (config.test and verifier):
+        if not (config.test and verifier and lead):
             return
         acc = accuracy(
             model,
@@ -85,6 +92,10 @@ def run(config: TrainConfig, log=print) -> dict:
         log(f"Test loss {results['test_loss']:.3f}")
         held_out("after" if config.train else "test")
     return results
+
+
+def _quiet(*args, **kwargs) -> None:
+    pass
 
 
 def train(config: TrainConfig | None = None, log=print, **options) -> dict:

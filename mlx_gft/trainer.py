@@ -24,6 +24,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from . import distributed
 from . import rewards as rewards_lib
 from .advantages import group_advantages, zero_variance_fraction
 from .config import ConfigError, TrainConfig
@@ -202,8 +203,11 @@ def _grad_norm(grads) -> mx.array:
 class Stepper:
     """Compiled loss-and-gradient, plus the eager clip / skip / update around it."""
 
-    def __init__(self, model: nn.Module, optimizer: optim.Optimizer, config: TrainConfig):
+    def __init__(
+        self, model: nn.Module, optimizer: optim.Optimizer, config: TrainConfig, group=None
+    ):
         self.model, self.optimizer, self.config = model, optimizer, config
+        self.group = group  # an mx.distributed group: gradients are reduced over its ranks
         if config.grad_checkpoint:
             from mlx_lm.tuner.trainer import grad_checkpoint
 
@@ -218,19 +222,35 @@ class Stepper:
         )
         self.skipped = 0
 
+    def _weight(self, batch: tuple, stats: mx.array) -> mx.array:
+        """The loss's divisor for this micro-batch: weighting each micro-batch's gradient by
+        it makes accumulation over micro-batches and ranks equal one big batch."""
+        if self.config.loss_agg == "token-mean":
+            return stats[0]  # its response tokens
+        if self.config.loss_agg == "seq-mean-token-mean":
+            return mx.array(float(batch[0].shape[0]))  # its sequences
+        return mx.array(1.0)  # a constant divisor: plain averaging
+
     def update(self, micro_batches: list[tuple], start: int = 0) -> dict:
-        """One optimizer update from micro-batches whose gradients are averaged; `start`
-        is the first scored target position (see `response_start`)."""
-        grads, losses, stats = None, [], []
+        """One optimizer update from micro-batches (and, distributed, from every rank's
+        micro-batches); `start` is the first scored target position (`response_start`)."""
+        grads, losses, weights, stats = None, [], [], []
         for batch in micro_batches:
             (loss, s), g = self.value_and_grad(start, *batch)
+            w = self._weight(batch, s)
+            g = tree_map(lambda x, w=w: x * w, g)
             grads = g if grads is None else tree_map(mx.add, grads, g)
-            losses.append(loss)
+            losses.append(loss * w)
+            weights.append(w)
             stats.append(s)
-        if len(micro_batches) > 1:
-            grads = tree_map(lambda g: g / len(micro_batches), grads)
+        total = mx.stack([mx.stack(losses).sum(), mx.stack(weights).sum()])
+        if self.group is not None and self.group.size() > 1:
+            grads = distributed.sum_gradients(grads, self.group)
+            total = mx.distributed.all_sum(total, group=self.group, stream=mx.cpu)
+        denominator = mx.maximum(total[1], 1e-12)
+        grads = tree_map(lambda g: g / denominator, grads)
+        loss = total[0] / denominator
         norm = _grad_norm(grads)
-        loss = mx.stack(losses).mean()
         mx.eval(loss, norm, grads)
         out = {"loss": loss.item(), "grad_norm": norm.item(), "stats": mx.stack(stats).sum(0)}
         if not (math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"])):
@@ -317,6 +337,23 @@ def default_rewards(config: TrainConfig, examples: list[Example]) -> list[str]:
     return ["math"] if all(e.answer is not None for e in examples) else ["f1"]
 
 
+def _quiet(*args, **kwargs) -> None:
+    pass
+
+
+def check_distributed(config: TrainConfig, ranks: int) -> None:
+    """Every rank must take the same number of groups and make the same number of
+    updates, or one would wait forever for the others' gradients."""
+    if config.batch_size % ranks:
+        raise ConfigError(f"batch_size {config.batch_size} must be divisible by {ranks} ranks")
+    if config.batch_size // ranks < config.updates_per_batch:
+        raise ConfigError(
+            f"updates_per_batch {config.updates_per_batch} needs at least that many prompts "
+            f"per rank; batch_size {config.batch_size} over {ranks} ranks gives "
+            f"{config.batch_size // ranks}"
+        )
+
+
 def check_answers(examples: list[Example], specs: list[str]) -> None:
     """A verifier reward needs every row's ground truth: say which row lacks it before
     any sampling, not an hour into the run."""
@@ -368,6 +405,12 @@ def _minibatches(groups, config: TrainConfig) -> list[list[list[int]]]:
 
 
 SAMPLED_LOSSES = ("gft", "grpo")
+# Per-iteration metrics exchanged between ranks (the same list everywhere).
+METRIC_KEYS = [
+    "loss", "grad_norm", "entropy", "rectified_frac", "skipped", "train_tokens", "train_time",
+    "sample_time", "gen_tokens", "zero_var_frac", "group_size_mean", "sample_acc",
+    "truncated_frac", "missing_teachers", "groups", "stop", *(f"reward_{k}" for k in KINDS),
+]  # fmt: skip
 
 
 def rollout(model, tokenizer, examples: list[Example], config: TrainConfig, reward_fns, seed: int):
@@ -487,17 +530,19 @@ def validate(model, tokenizer, valid_set: list[Example], config: TrainConfig, re
 class _Reporter:
     """Report lines to the log, every metric to metrics.jsonl, optionally to wandb."""
 
-    def __init__(self, config: TrainConfig, log):
-        self.log = log
-        self.file = (Path(config.adapter_path) / "metrics.jsonl").open("a")
+    def __init__(self, config: TrainConfig, log, enabled: bool = True):
+        self.log, self.enabled = log, enabled
+        self.file = (Path(config.adapter_path) / "metrics.jsonl").open("a") if enabled else None
         self.wandb = None
-        if config.report_to and "wandb" in config.report_to.split(","):
+        if enabled and config.report_to and "wandb" in config.report_to.split(","):
             import wandb
 
             name = config.project_name or Path.cwd().name
             self.wandb = wandb.init(project=name, config=asdict(config))
 
     def __call__(self, metrics: dict, line: str) -> None:
+        if not self.enabled:
+            return
         self.log(line)
         self.file.write(json.dumps(metrics) + "\n")
         self.file.flush()
@@ -505,7 +550,8 @@ class _Reporter:
             self.wandb.log(metrics, step=metrics["iteration"])
 
     def close(self) -> None:
-        self.file.close()
+        if self.file:
+            self.file.close()
         if self.wandb:
             self.wandb.finish()
 
@@ -522,9 +568,15 @@ def train(
     reported metrics. Adapters, checkpoints and metrics.jsonl go to config.adapter_path."""
     if not train_set:
         raise ValueError("the training set is empty")
+    group = mx.distributed.init()
+    lead = group.rank() == 0  # rank 0 alone logs and writes files
+    if group.size() > 1:
+        check_distributed(config, group.size())
+        log = log if lead else _quiet
     folder = Path(config.adapter_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    _atomic_json(folder / "adapter_config.json", adapter_config(config))
+    if lead:
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_json(folder / "adapter_config.json", adapter_config(config))
     optimizer = make_optimizer(config)
     reward_fns = ()
     if config.loss in SAMPLED_LOSSES or (valid_set and all(e.answer for e in valid_set)):
@@ -536,36 +588,38 @@ def train(
         state, probe = load_checkpoint(model, optimizer, config)
         start = state["iteration"]
         log(f"Resuming from iteration {start}")
-    if not probe:
+    if not probe and lead:
         probe = make_probe(model, tokenizer, valid_set or train_set, config)
-    stepper = Stepper(model, optimizer, config)
+    stepper = Stepper(model, optimizer, config, group)
     batches = length_batches([len(e.prompt) + len(e.expert) for e in train_set], config.batch_size)
     total_iters = num_iterations(config, len(batches))
-    report = _Reporter(config, log)
+    report = _Reporter(config, log, enabled=lead)
     reports, window, trained_tokens = [], [], 0
     # Data without any teacher answers is the common case, not worth a notice.
     noticed_missing = not any(e.teachers for e in train_set)
-    progress = _progress(total_iters, start)
+    progress = _progress(total_iters, start) if lead else None
 
     def save(done: int, numbered: bool = True) -> None:
-        save_adapters(model, config, done if numbered else None)
-        save_checkpoint(model, optimizer, config, {"iteration": done}, probe)
+        if lead:
+            save_adapters(model, config, done if numbered else None)
+            save_checkpoint(model, optimizer, config, {"iteration": done}, probe)
 
     saved = start
     try:
         with stop_signals(log) as stop:
             for it in range(start, total_iters):
                 tic = time.perf_counter()
-                seed = config.seed * 1_000_003 + it  # resumable: depends only on the iteration
+                # Resumable: the seed depends only on the iteration (and differs per rank).
+                seed = (config.seed * 1_000_003 + it) * group.size() + group.rank()
                 mx.random.seed(seed)
-                picked = batch_indices(batches, it, config.seed)
+                picked = distributed.shard(batch_indices(batches, it, config.seed), group)
                 try:
                     groups, adv, row = rollout(
                         model, tokenizer, [train_set[i] for i in picked], config, reward_fns, seed
                     )
                 except rewards_lib.RewardError as e:
                     # Nothing of this iteration is applied yet: keep the work done so far.
-                    if it > saved:
+                    if it > saved:  # (distributed: the other ranks stop at their next exchange)
                         save(it)
                     raise rewards_lib.RewardError(
                         f"{e}\nThe checkpoint of iteration {it} is saved: fix the reward, then "
@@ -580,6 +634,11 @@ def train(
                     )
                 )
                 row["train_time"] = time.perf_counter() - tic - row.get("sample_time", 0.0)
+                row["groups"] = len(picked)
+                row["stop"] = float(bool(stop))
+                row = distributed.reduce_metrics(row, METRIC_KEYS, group)
+                if row.pop("stop") and not stop:  # another rank was signalled: stop together
+                    stop.append("SIGTERM")
                 row["learning_rate"] = float(optimizer.learning_rate.item())
                 trained_tokens += row["train_tokens"]
                 if row.get("missing_teachers") and not noticed_missing:
@@ -598,7 +657,7 @@ def train(
                 if done % config.steps_per_report == 0 or last or stop:
                     summary = _summarise(window, done)
                     summary.update(
-                        kl_to_base=probe_kl(model, probe),
+                        kl_to_base=probe_kl(model, probe) if probe else float("nan"),
                         trained_tokens=trained_tokens,
                         peak_memory_gb=mx.get_peak_memory() / 1e9,
                         active_memory_gb=mx.get_active_memory() / 1e9,
@@ -608,7 +667,7 @@ def train(
                     report(summary, report_line(summary))
                     reports.append(summary)
                     window = []
-                if valid_set and (done % config.steps_per_eval == 0 or last):
+                if lead and valid_set and (done % config.steps_per_eval == 0 or last):
                     tic = time.perf_counter()
                     val = validate(model, tokenizer, valid_set, config, reward_fns)
                     line = f"Iter {done}: Val loss {val['val_loss']:.3f}"
