@@ -102,6 +102,11 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "global gradient-norm clip, 0 to disable")
     max_skipped_steps: int = opt(10, "consecutive non-finite steps before stopping")
     probe_size: int = opt(8, "probe prompts for KL to the base")
+    stages: list[str] | None = opt(
+        None,
+        "run losses in turn, each from the last one's adapters, e.g. sft gft grpo "
+        "(YAML: a list of losses or of option mappings)",
+    )
 
     def validate(self) -> "TrainConfig":
         choices = {
@@ -149,11 +154,46 @@ class TrainConfig:
             raise ConfigError(
                 f"reward_weights has {len(weights)} values for {len(rewards)} rewards"
             )
+        if self.stages:
+            stage_configs(self)  # each stage's options are checked now, not mid-run
         if self.kl_coef and self.fine_tune_type == "full":
             raise ConfigError(
                 "kl_coef needs adapters (lora/dora): the base policy is the model with them off"
             )
         return self
+
+
+# What a stage may not change: the trainable layers are set up once for all stages.
+RUN_WIDE = (
+    "model", "model_dtype", "data", "train", "test", "fine_tune_type", "num_layers",
+    "lora_parameters", "adapter_path", "resume", "stages", "seed",
+)  # fmt: skip
+
+
+def stage_configs(config: TrainConfig) -> list[TrainConfig]:
+    """One config per stage: the run's options overridden by the stage's, each stage
+    writing to its own folder `<adapter_path>/<n>-<loss>`. No stages: [config]."""
+    if not config.stages:
+        return [config]
+    out = []
+    for n, stage in enumerate(config.stages, start=1):
+        if isinstance(stage, str):
+            stage = {"loss": stage}
+        if not isinstance(stage, dict):
+            raise ConfigError(f"stages[{n - 1}]: expected a loss name or a mapping of options")
+        stage = {k.replace("-", "_"): v for k, v in stage.items()}
+        for key in stage:
+            if key in RUN_WIDE:
+                raise ConfigError(f"stages[{n - 1}]: {key!r} is set for the whole run, not a stage")
+            if key not in field_names():
+                raise ConfigError(
+                    f"stages[{n - 1}]: unknown key {key!r}{_suggest(key, field_names())}"
+                )
+        values = {f.name: getattr(config, f.name) for f in fields(TrainConfig)}
+        values.update(stage, stages=None)
+        values["adapter_path"] = str(Path(config.adapter_path) / f"{n}-{values['loss']}")
+        out.append(TrainConfig(**values).validate())
+    return out
 
 
 def _suggest(key: str, known) -> str:

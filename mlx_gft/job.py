@@ -1,9 +1,10 @@
 """The job `python -m mlx_gft.lora` runs, for Python users too: load the model and data,
 measure held-out accuracy, train, test."""
 
+import shutil
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, build_config
+from .config import ConfigError, TrainConfig, build_config, stage_configs
 from .data import DataError
 
 
@@ -21,7 +22,9 @@ def run(config: TrainConfig, log=print) -> dict:
         check_distributed,
         default_rewards,
         expert_nll,
+        has_checkpoint,
         setup_trainable,
+        stage_finished,
         train,
     )
 
@@ -40,7 +43,8 @@ def run(config: TrainConfig, log=print) -> dict:
     model_path = resolve_model_path(config.model, config.model_dtype)
     log(f"Loading model {config.model or 'SmolLM2-135M-Instruct (embedded default)'}")
     model, tokenizer = load(model_path)
-    needs_prompt = config.loss in ("gft", "grpo")
+    stages = stage_configs(config)
+    needs_prompt = any(c.loss in SAMPLED_LOSSES for c in stages)
     sets = {
         name: data_lib.tokenize_rows(
             rows, tokenizer, config.max_seq_length, needs_prompt, config.long_prompts, log
@@ -49,8 +53,9 @@ def run(config: TrainConfig, log=print) -> dict:
     }
     if config.train and not sets["train"]:
         raise DataError(str(config.data), "the training set (train.jsonl) is missing or empty")
-    if config.train and config.loss in SAMPLED_LOSSES:
-        check_answers(sets["train"], default_rewards(config, sets["train"]))
+    for stage in stages if config.train else ():
+        if stage.loss in SAMPLED_LOSSES:
+            check_answers(sets["train"], default_rewards(stage, sets["train"]))
     if config.test and not sets["test"]:
         raise DataError(str(config.data), "the test set (test.jsonl) is missing or empty")
 
@@ -81,8 +86,28 @@ def run(config: TrainConfig, log=print) -> dict:
     if config.train:
         setup_trainable(model, config)
         held_out("before")
-        log(f"Training with --loss {config.loss}")
-        results["reports"] = train(model, tokenizer, config, sets["train"], sets["valid"], log)
+        results["reports"] = []
+        for n, stage in enumerate(stages, start=1):
+            if len(stages) > 1:
+                if config.resume and stage_finished(stage):
+                    log(f"Stage {n}/{len(stages)} ({stage.loss}) is finished: loading its adapters")
+                    model.load_weights(
+                        str(Path(stage.adapter_path) / "adapters.safetensors"), strict=False
+                    )
+                    continue
+                stage.resume = config.resume and has_checkpoint(stage)
+                log(f"Stage {n}/{len(stages)}: --loss {stage.loss} -> {stage.adapter_path}")
+            else:
+                log(f"Training with --loss {config.loss}")
+            results["reports"] += train(model, tokenizer, stage, sets["train"], sets["valid"], log)
+            if len(stages) > 1:
+                held_out(f"after stage {n} ({stage.loss})")
+        if len(stages) > 1 and lead:
+            # The last stage's adapters also sit where mlx_lm --adapter-path expects them.
+            for name in ("adapters.safetensors", "adapter_config.json"):
+                shutil.copyfile(
+                    Path(stages[-1].adapter_path) / name, Path(config.adapter_path) / name
+                )
     elif config.test and config.adapter_path and Path(config.adapter_path).exists():
         from mlx_lm.tuner.utils import load_adapters
 
@@ -90,7 +115,8 @@ def run(config: TrainConfig, log=print) -> dict:
     if config.test:
         results["test_loss"] = expert_nll(model, test_set, config.batch_size)
         log(f"Test loss {results['test_loss']:.3f}")
-        held_out("after" if config.train else "test")
+        if len(stages) == 1 or not config.train:
+            held_out("after" if config.train else "test")
     return results
 
 

@@ -136,14 +136,27 @@ def save_checkpoint(model, optimizer, config: TrainConfig, state: dict, probe: d
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(model, optimizer, config: TrainConfig) -> tuple[dict, dict]:
+def _checkpoint_dir(config: TrainConfig) -> Path | None:
     folder = Path(config.adapter_path)
     for name in ("checkpoint", "checkpoint.old"):  # .old survives a kill mid-swap
-        ckpt = folder / name
-        if (ckpt / "state.json").exists():
-            break
-    else:
-        raise FileNotFoundError(f"--resume: no checkpoint in {folder}")
+        if (folder / name / "state.json").exists():
+            return folder / name
+    return None
+
+
+def has_checkpoint(config: TrainConfig) -> bool:
+    return _checkpoint_dir(config) is not None
+
+
+def stage_finished(config: TrainConfig) -> bool:
+    ckpt = _checkpoint_dir(config)
+    return ckpt is not None and json.loads((ckpt / "state.json").read_text()).get("finished", False)
+
+
+def load_checkpoint(model, optimizer, config: TrainConfig) -> tuple[dict, dict]:
+    ckpt = _checkpoint_dir(config)
+    if ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {config.adapter_path}")
     model.load_weights(str(ckpt / "adapters.safetensors"), strict=False)
     optimizer.init(model.trainable_parameters())
     optimizer.state = tree_unflatten(list(mx.load(str(ckpt / "optimizer.safetensors")).items()))
@@ -602,7 +615,8 @@ def train(
     def save(done: int, numbered: bool = True) -> None:
         if lead:
             save_adapters(model, config, done if numbered else None)
-            save_checkpoint(model, optimizer, config, {"iteration": done}, probe)
+            state = {"iteration": done, "finished": done == total_iters}
+            save_checkpoint(model, optimizer, config, state, probe)
 
     saved = start
     try:
