@@ -1,14 +1,43 @@
-"""Held-out accuracy with a verifier: avg@k (the paper's number), pass@k and greedy."""
+"""Held-out accuracy with a verifier: avg@k (the paper's number), pass@k and greedy.
+
+    python -m mlx_gft.evaluate --model M --adapter-path adapters --samples 4
+    python -m mlx_gft.evaluate --model M --data data/ --split valid --limit 50
+
+avg@k is the mean verifier score over k samples per problem, pass@k the fraction of
+problems with at least one correct sample, greedy the accuracy of one temperature-0
+answer. The numbers, per-problem counts and settings go to a JSON file.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 
 from . import rewards as rewards_lib
-from .data import Example
+from .data import DataError, Example, load_splits, read_jsonl, tokenize_rows
 from .groups import Groups, Member, reward_inputs
 from .sampling import sample_groups
 
+VERIFIERS = ("math", "accuracy")
 
-def accuracy(
+
+def avg_and_pass_at_k(correct: np.ndarray) -> tuple[float, float]:
+    """(avg@k, pass@k) of a (problems, samples) table of correctness (reward > 0).
+
+    avg@k: the mean over every problem and sample; pass@k: the fraction of problems
+    with at least one correct sample. NaN for an empty table.
+    """
+    correct = np.asarray(correct) > 0
+    if correct.size == 0:
+        return float("nan"), float("nan")
+    return float(correct.mean()), float(correct.any(axis=1).mean())
+
+
+def score_samples(
     model,
     tokenizer,
     examples: list[Example],
@@ -18,14 +47,10 @@ def accuracy(
     max_tokens: int = 256,
     seed: int = 0,
     batch_size: int = 16,
-) -> dict:
-    """Score `samples` answers per prompt; temperature 0 is greedy (then samples = 1)."""
-    if temperature == 0:
-        samples = 1
+) -> tuple[np.ndarray, list[list[str]]]:
+    """Rewards (problems, samples) and the sampled texts, `batch_size` prompts at a time."""
     reward_fns = rewards_lib.load_rewards([reward])
-    was_training = model.training
-    model.eval()
-    scores = []
+    scores, texts = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         outs = sample_groups(
@@ -43,13 +68,231 @@ def accuracy(
         ]
         total, _ = rewards_lib.score(reward_fns, reward_inputs(Groups(members, [])))
         scores.append(total.reshape(len(chunk), samples))
-    if was_training:
-        model.train()
+        texts += [[s.text for s in outs[i : i + samples]] for i in range(0, len(outs), samples)]
     table = np.concatenate(scores) if scores else np.zeros((0, samples))
+    return table, texts
+
+
+def accuracy(
+    model,
+    tokenizer,
+    examples: list[Example],
+    reward: str = "math",
+    samples: int = 1,
+    temperature: float = 1.0,
+    max_tokens: int = 256,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> dict:
+    """Score `samples` answers per prompt; temperature 0 is greedy (then samples = 1).
+
+    Returns n, samples, temperature, avg_at_k, pass_at_k and `correct`, the number of
+    correct samples of each problem.
+    """
+    if temperature == 0:
+        samples = 1  # greedy answers are all the same
+    table, _ = score_samples(
+        model, tokenizer, examples, reward, samples, temperature, max_tokens, seed, batch_size
+    )
+    avg, passed = avg_and_pass_at_k(table)
     return {
         "n": len(examples),
         "samples": samples,
         "temperature": temperature,
-        "avg_at_k": float(table.mean()) if table.size else float("nan"),
-        "pass_at_k": float((table.max(axis=1) > 0).mean()) if table.size else float("nan"),
+        "avg_at_k": avg,
+        "pass_at_k": passed,
+        "correct": [int(c) for c in (table > 0).sum(axis=1)],
     }
+
+
+# --------------------------------------------------------------------------------------
+# Loading, shared with mlx_gft.distill
+
+
+class LoadError(RuntimeError):
+    """A model or adapter folder that mlx-lm cannot use."""
+
+
+def load_model(model: str | None, adapter_path: str | None = None, dtype: str | None = None):
+    """(model, tokenizer) via mlx-lm, with LoRA/DoRA adapters from `adapter_path` if given."""
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import load_adapters
+
+    from .gguf import resolve_model_path
+
+    if model and model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
+        # mlx-lm would take it for a malformed Hub id and say so.
+        raise FileNotFoundError(f"{model}: no such model file or folder")
+    loaded, tokenizer = load(resolve_model_path(model, dtype))
+    if adapter_path:
+        path = Path(adapter_path)
+        for name in ("adapter_config.json", "adapters.safetensors"):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path / name}: not found (is the adapter path right?)")
+        try:
+            load_adapters(loaded, str(path))
+        except ValueError as e:  # mlx-lm: tensors that do not fit this model
+            raise LoadError(
+                f"adapters in {path} do not fit the model:\n{_first_lines(e)}"
+            ) from None
+    loaded.eval()
+    return loaded, tokenizer
+
+
+def _first_lines(error: Exception, keep: int = 3) -> str:
+    """mlx-lm lists every mismatched tensor: a few tell the story."""
+    lines = [line for line in str(error).splitlines() if line.startswith("  ")]
+    if not lines:
+        return f"  {error}"
+    more = f"\n  ... and {len(lines) - keep} more" if len(lines) > keep else ""
+    return "\n".join(lines[:keep]) + more
+
+
+def sampling_examples(rows: list[tuple[str, dict]], tokenizer, model) -> list[Example]:
+    """Rows as Examples whose chat-templated prompts fit the model's context, in order."""
+    examples = tokenize_rows(rows, tokenizer, max_seq_length=sys.maxsize, needs_prompt=True)
+    context = getattr(getattr(model, "args", None), "max_position_embeddings", None)
+    for ex in examples:
+        if context is not None and len(ex.prompt) >= context:
+            raise DataError(
+                ex.where, f"prompt is {len(ex.prompt)} tokens, the model's context is {context}"
+            )
+    return examples
+
+
+def split_rows(data: str | None, split: str) -> list[tuple[str, dict]]:
+    """Validated rows of one split: a .jsonl file, a folder's <split>.jsonl, a Hub
+    dataset, or the built-in task (data None)."""
+    path = Path(data) if data is not None else None
+    if path is not None and path.suffix == ".jsonl" and not path.exists():
+        raise DataError(str(path), "no such file")
+    if path is not None and path.is_file():
+        return read_jsonl(path)
+    if path is not None and path.is_dir():
+        file = path / f"{split}.jsonl"
+        if not file.is_file():
+            raise DataError(str(file), "not found")
+        return read_jsonl(file)
+    return load_splits(data)[split]  # the built-in task, a Hub id or a "no such folder" error
+
+
+# --------------------------------------------------------------------------------------
+# The command line
+
+
+def _with_answers(rows: list[tuple[str, dict]], where: str, log) -> list[tuple[str, dict]]:
+    kept = [(w, r) for w, r in rows if r["answer"] is not None]
+    if not kept:
+        raise DataError(where, "no rows with an 'answer' field for the verifier to check")
+    if len(kept) < len(rows):
+        first = next(w for w, r in rows if r["answer"] is None)
+        log(f"Note: skipped {len(rows) - len(kept)} row(s) without an 'answer' (first: {first})")
+    return kept
+
+
+def evaluate(args: argparse.Namespace, log=print) -> dict:
+    """Load, sample and score as the command line asks; returns the results written."""
+    source = args.data or "<built-in task>"
+    rows = split_rows(args.data, args.split)
+    if not rows:
+        raise DataError(source, f"the {args.split} split is empty")
+    if args.reward in VERIFIERS:
+        rows = _with_answers(rows, source, log)
+    rows = rows[: args.limit] if args.limit else rows
+    rewards_lib.load_rewards([args.reward])  # a bad reward fails before the model loads
+    model, tokenizer = load_model(args.model, args.adapter_path, args.model_dtype)
+    examples = sampling_examples(rows, tokenizer, model)
+    common = dict(max_tokens=args.max_tokens, seed=args.seed, batch_size=args.batch_size)
+    sampled = accuracy(
+        model, tokenizer, examples, args.reward, args.samples, args.temperature, **common
+    )
+    greedy = (
+        sampled
+        if args.temperature == 0
+        else accuracy(model, tokenizer, examples, args.reward, 1, 0.0, **common)
+    )
+    return {
+        "n": sampled["n"],
+        "samples": sampled["samples"],
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+        "avg_at_k": sampled["avg_at_k"],
+        "pass_at_k": sampled["pass_at_k"],
+        "greedy": greedy["avg_at_k"],
+        "correct": sampled["correct"],
+        "greedy_correct": greedy["correct"],
+        "reward": args.reward,
+        "model": args.model,
+        "adapter_path": args.adapter_path,
+        "data": args.data,
+        "split": args.split,
+    }
+
+
+def format_table(result: dict) -> str:
+    k, t = result["samples"], result["temperature"]
+    lines = [
+        f"{'problems':<10}{result['n']}",
+        f"{f'avg@{k}':<10}{result['avg_at_k']:.3f}  (mean over {k} samples at T={t:g})",
+        f"{f'pass@{k}':<10}{result['pass_at_k']:.3f}  (any of {k} correct)",
+        f"{'greedy':<10}{result['greedy']:.3f}  (T=0, one answer)",
+    ]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Write through a temporary file, so a reader never sees half a result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mlx_gft.evaluate",
+        description="Verifier accuracy on held-out problems: avg@k, pass@k and greedy.",
+    )
+    p.add_argument("--model", help="Hub id, mlx-lm folder or .gguf file (default: embedded)")
+    p.add_argument("--model-dtype", help="for .gguf models: float32, bfloat16, float16, ...")
+    p.add_argument("--adapter-path", help="folder with adapters.safetensors + adapter_config")
+    p.add_argument("--data", help="folder with <split>.jsonl, a .jsonl file (default: built-in)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument("--limit", type=int, help="only the first N problems")
+    p.add_argument("--samples", type=int, default=4, help="k samples per problem (default: 4)")
+    p.add_argument("--temperature", type=float, default=1.0, help="for the k samples")
+    p.add_argument("--max-tokens", type=int, default=256, help="new tokens per answer")
+    p.add_argument("--reward", default="math", help="verifier (default: math) or file.py:fn")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts sampled together")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", help="JSON file (default: <adapter-path or .>/eval_results.json)")
+    return p
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("samples", "max_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        parser.error("--temperature must be >= 0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    try:
+        result = evaluate(args)
+    except (DataError, rewards_lib.RewardError, LoadError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    output = Path(args.output or Path(args.adapter_path or ".") / "eval_results.json")
+    write_json(output, result)
+    print(format_table(result))
+    print(f"Results written to {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Teacher answers for GFT groups: sample a stronger model and write a new dataset folder.
+
+    python -m mlx_gft.distill --teacher M --data data/ --num-responses 4 --keep-correct
+
+Every row of the chosen splits is copied unchanged with `teacher_responses` added: the
+row's existing teacher answers (`teacher_responses` or `responses`) followed by the
+teacher's new samples, drawn from the same chat-templated prompt training samples
+from. `--keep-correct` keeps only the samples the math verifier accepts against the
+row's `answer`. Splits not distilled (test, by default) are copied as they are, so the
+output is a complete dataset for `python -m mlx_gft.lora --data OUT`.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import rewards as rewards_lib
+from .data import SPLITS, DataError, parse_row, read_jsonl
+from .evaluate import LoadError, load_model, sampling_examples
+from .sampling import sample_groups
+
+
+@dataclass
+class SplitStats:
+    rows: int = 0
+    sampled: int = 0
+    written: int = 0
+    truncated: int = 0  # samples cut off by --max-tokens
+    empty_rows: int = 0  # rows left with no new response (--keep-correct)
+
+
+def original_rows(data: str | None, split: str) -> list[tuple[str, dict]]:
+    """(file:line, the row's JSON object as written) for every row of a split, in order."""
+    if data is None:
+        from .tasks import arithmetic
+
+        rows = arithmetic.make_dataset()[split]
+        return [(f"<built-in task>[{split}]:{i + 1}", row) for i, row in enumerate(rows)]
+    path = Path(data) / f"{split}.jsonl"
+    if not path.is_file():
+        return []
+    read_jsonl(path)  # validates every row, naming file:line, before anything is sampled
+    text = path.read_bytes().decode("utf-8-sig")
+    # The same line walk as read_jsonl, so each object keeps its file:line.
+    return [
+        (f"{path}:{number}", json.loads(line))
+        for number, line in enumerate(text.split("\n"), start=1)
+        if line.strip()
+    ]
+
+
+def existing_responses(row: dict) -> list[str]:
+    key = "teacher_responses" if "teacher_responses" in row else "responses"
+    return list(row.get(key, []))
+
+
+def distill_split(
+    model,
+    tokenizer,
+    rows: list[tuple[str, dict]],
+    num_responses: int,
+    keep_correct: bool = False,
+    temperature: float = 1.0,
+    max_tokens: int = 256,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> tuple[list[dict], SplitStats]:
+    """The rows with the teacher's answers added, in the same order, and counts."""
+    parsed = [(where, parse_row(row, where)) for where, row in rows]
+    if keep_correct:
+        require_answers(parsed)
+    examples = sampling_examples(parsed, tokenizer, model)
+    stats, out = SplitStats(rows=len(rows)), []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        samples = sample_groups(
+            model,
+            tokenizer,
+            [e.prompt for e in chunk],
+            num_responses,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed + start,
+        )
+        for i, ex in enumerate(chunk):
+            group = samples[i * num_responses : (i + 1) * num_responses]
+            stats.truncated += sum(s.finish_reason == "length" for s in group)
+            texts = [s.text for s in group]
+            if keep_correct:
+                texts = [t for t in texts if is_correct(ex.prompt_text, t, ex.answer)]
+            stats.sampled += len(group)
+            stats.written += len(texts)
+            stats.empty_rows += not texts
+            row = dict(rows[start + i][1])
+            row["teacher_responses"] = existing_responses(row) + texts
+            out.append(row)
+    return out, stats
+
+
+def require_answers(parsed: list[tuple[str, dict]]) -> None:
+    for where, row in parsed:
+        if row["answer"] is None:
+            raise DataError(f"{where}: field 'answer'", "missing; --keep-correct checks against it")
+
+
+def is_correct(prompt: str, completion: str, answer: str) -> bool:
+    return rewards_lib.math_reward(prompt=prompt, completion=completion, answer=answer) > 0
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Write through a temporary file, so a killed run never leaves half a split."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def summary_line(split: str, stats: SplitStats) -> str:
+    kept = stats.written / stats.sampled if stats.sampled else float("nan")
+    line = (
+        f"{split}: {stats.rows} rows, {stats.written} responses written "
+        f"of {stats.sampled} sampled (kept {kept:.1%})"
+    )
+    if stats.truncated:
+        line += f", {stats.truncated} hit --max-tokens"
+    if stats.empty_rows:
+        line += f", {stats.empty_rows} row(s) got none"
+    return line
+
+
+def distill(args: argparse.Namespace, log=print) -> dict[str, SplitStats]:
+    """Run the command line's job; returns the counts of every distilled split."""
+    splits = [s for s in args.splits.split(",") if s]
+    out_dir = Path(args.output)
+    if args.data is not None:
+        if not Path(args.data).is_dir():
+            raise DataError(args.data, "expected a folder with train.jsonl / valid.jsonl")
+        if out_dir.resolve() == Path(args.data).resolve():
+            raise DataError(args.output, "--output is the input folder; choose another")
+    # Every row is read and checked before the (slow) model load.
+    rows = {s: original_rows(args.data, s) for s in SPLITS}
+    if not any(rows[s] for s in splits):
+        raise DataError(args.data or "<built-in task>", f"no rows in the splits {args.splits}")
+    if args.keep_correct:
+        for split in splits:
+            require_answers([(where, parse_row(row, where)) for where, row in rows[split]])
+    if args.temperature == 0 and args.num_responses > 1:
+        log("Note: --temperature 0 gives the same answer every time")
+    log(f"Loading teacher {args.teacher}")
+    model, tokenizer = load_model(args.teacher)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats = {}
+    for split in SPLITS:
+        if not rows[split]:
+            continue
+        if split in splits:
+            new, stats[split] = distill_split(
+                model,
+                tokenizer,
+                rows[split],
+                args.num_responses,
+                args.keep_correct,
+                args.temperature,
+                args.max_tokens,
+                args.seed,
+                args.batch_size,
+            )
+            log(summary_line(split, stats[split]))
+        else:
+            new = [row for _, row in rows[split]]
+            log(f"{split}: {len(new)} rows copied unchanged")
+        write_jsonl(out_dir / f"{split}.jsonl", new)
+    log(f"Wrote {out_dir}")
+    return stats
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mlx_gft.distill",
+        description="Add teacher-model answers (teacher_responses) to a dataset for GFT.",
+    )
+    p.add_argument("--teacher", required=True, help="Hub id, mlx-lm folder or .gguf file")
+    p.add_argument("--data", help="folder with train/valid/test.jsonl (default: built-in task)")
+    p.add_argument("--num-responses", type=int, required=True, help="samples per prompt")
+    p.add_argument(
+        "--keep-correct", action="store_true", help="keep only answers the math verifier accepts"
+    )
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=256, help="new tokens per answer")
+    p.add_argument("--output", help="new dataset folder (default: <data>-distilled)")
+    p.add_argument("--splits", default="train,valid", help="splits to distill, comma-separated")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts sampled together")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("num_responses", "max_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        parser.error("--temperature must be >= 0")
+    unknown = [s for s in args.splits.split(",") if s and s not in SPLITS]
+    if unknown or not args.splits.strip(","):
+        parser.error(f"--splits: use names from {', '.join(SPLITS)}, comma-separated")
+    if args.output is None:
+        args.output = f"{args.data.rstrip('/')}-distilled" if args.data else "distilled"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    try:
+        distill(args)
+    except (DataError, LoadError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

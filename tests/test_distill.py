@@ -1,0 +1,111 @@
+"""Teacher distillation: the output dataset's schema, row order and the keep-correct filter."""
+
+import json
+
+import pytest
+
+from mlx_gft import distill
+from mlx_gft.data import read_jsonl
+from mlx_gft.distill import main, original_rows
+from mlx_gft.sampling import Sample
+from mlx_gft.tasks import arithmetic
+
+
+def _rows(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_every_row_gets_n_responses_and_keeps_its_fields(
+    tiny_model, arithmetic_data, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    main(
+        f"--teacher {tiny_model} --data {arithmetic_data} --num-responses 3 "
+        f"--max-tokens 5 --output {out}".split()
+    )
+    for split in ("train", "valid"):
+        before, after = _rows(arithmetic_data / f"{split}.jsonl"), _rows(out / f"{split}.jsonl")
+        assert len(after) == len(before)
+        for old, new in zip(before, after, strict=True):
+            responses = new.pop("teacher_responses")
+            assert new == old  # every original field, same row order
+            assert len(responses) == 3 and all(isinstance(r, str) for r in responses)
+        read_jsonl(out / f"{split}.jsonl")  # the trainer's reader accepts the files
+    # The test split is not distilled (no teacher answers to learn from), only copied.
+    assert (out / "test.jsonl").read_text() == (arithmetic_data / "test.jsonl").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["test.jsonl", "train.jsonl", "valid.jsonl"]
+    printed = capsys.readouterr().out
+    assert "train: 32 rows, 96 responses written of 96 sampled (kept 100.0%)" in printed
+    assert "valid: 8 rows, 24 responses written" in printed
+    assert "test: 8 rows copied unchanged" in printed
+
+
+@pytest.mark.slow
+def test_keep_correct_keeps_only_verified_answers(tiny_model, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    chat = [
+        {"role": "user", "content": "What is 6 times 7?"},
+        {"role": "assistant", "content": "42"},
+    ]
+    rows = [
+        {"prompt": "Tom has 3 pens and buys 4 more. How many?", "completion": "7", "answer": "7"},
+        {"messages": chat, "answer": 42, "id": "q2"},
+        {"prompt": "Ann has 9 cards, loses 2. How many?", "completion": "7", "answer": "7",
+         "teacher_responses": ["Earlier teacher: 7"]},
+    ]  # fmt: skip
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    questions = ["Tom has 3 pens", "What is 6 times 7?", "Ann has 9 cards"]
+    answers = {"Tom has 3 pens": 7, "What is 6 times 7?": 42, "Ann has 9 cards": 7}
+
+    def fake_sampler(model, tokenizer, prompts, k, *, max_tokens, temperature, seed):
+        # One right and one wrong answer per prompt, found from the prompt's own text:
+        # a response attached to the wrong row would fail the checks below.
+        out = []
+        for i, prompt in enumerate(prompts):
+            text = tokenizer.decode(prompt)
+            answer = next(answers[q] for q in questions if q in text)
+            out += [
+                Sample(i, [5], f"So it is {answer + 1}.", [], [], "stop"),
+                Sample(i, [5], f"The answer is {answer}.", [], [], "stop"),
+            ]
+        return out
+
+    monkeypatch.setattr(distill, "sample_groups", fake_sampler)
+    out = tmp_path / "out"
+    main(
+        f"--teacher {tiny_model} --data {data} --num-responses 2 --keep-correct "
+        f"--splits train --batch-size 2 --output {out}".split()
+    )
+    written = _rows(out / "train.jsonl")
+    assert [r["teacher_responses"] for r in written] == [
+        ["The answer is 7."],
+        ["The answer is 42."],
+        ["Earlier teacher: 7", "The answer is 7."],  # existing answers come first
+    ]
+    assert written[1]["id"] == "q2" and written[1]["messages"] == chat
+    assert "train: 3 rows, 3 responses written of 6 sampled (kept 50.0%)" in capsys.readouterr().out
+
+
+def test_keep_correct_needs_every_answer(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = [
+        '{"prompt": "a", "completion": "1", "answer": "1"}',
+        '{"prompt": "b", "completion": "2"}',
+    ]
+    (data / "train.jsonl").write_text("\n".join(lines) + "\n")
+    # Checked before the teacher loads (the model path does not even exist).
+    with pytest.raises(SystemExit, match=r"error: .*train\.jsonl:2: field 'answer': missing"):
+        main(f"--teacher {tmp_path / 'm'} --data {data} --num-responses 2 --keep-correct".split())
+    with pytest.raises(SystemExit, match=r"error: .*--output is the input folder"):
+        main(f"--teacher x --data {data} --num-responses 1 --output {data}".split())
+    with pytest.raises(SystemExit, match="2"):  # argparse's usage error
+        main(f"--teacher x --data {data} --num-responses 0".split())
+
+
+def test_built_in_rows_are_the_task_rows():
+    rows = original_rows(None, "valid")
+    assert [row for _, row in rows] == arithmetic.make_dataset()["valid"]
+    assert rows[0][0] == "<built-in task>[valid]:1"

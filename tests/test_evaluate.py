@@ -1,0 +1,172 @@
+"""Held-out evaluation: avg@k / pass@k arithmetic, the sampler loop and the CLI."""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+from mlx_lm import load
+from mlx_lm.tuner.utils import linear_to_lora_layers
+
+from mlx_gft import evaluate
+from mlx_gft.data import Example
+from mlx_gft.evaluate import accuracy, avg_and_pass_at_k, load_model, main, score_samples
+from mlx_gft.sampling import Sample
+
+RESULT_KEYS = {
+    "n", "samples", "temperature", "max_tokens", "seed", "avg_at_k", "pass_at_k", "greedy",
+    "correct", "greedy_correct", "reward", "model", "adapter_path", "data", "split",
+}  # fmt: skip
+
+
+def test_avg_and_pass_at_k_match_hand_counts():
+    correct = np.array(
+        [
+            [1, 0, 0, 1],  # 2 of 4
+            [0, 0, 0, 0],  # none
+            [1, 1, 1, 1],  # all
+        ]
+    )
+    avg, passed = avg_and_pass_at_k(correct)
+    assert avg == pytest.approx(6 / 12)
+    assert passed == pytest.approx(2 / 3)
+    # Rewards, not booleans: only > 0 counts as correct.
+    avg, passed = avg_and_pass_at_k(np.array([[1.0, -1.0], [0.0, 0.0]]))
+    assert (avg, passed) == (0.25, 0.5)
+    assert all(np.isnan(v) for v in avg_and_pass_at_k(np.zeros((0, 4))))
+
+
+def _examples(answers: list[str]) -> list[Example]:
+    return [
+        Example(prompt=[1, i + 3], expert=[2], prompt_text=f"q{i}", answer=a, where=f"f:{i + 1}")
+        for i, a in enumerate(answers)
+    ]
+
+
+def test_accuracy_scores_each_problem_in_batches(monkeypatch):
+    # Problem p's sample j is right when RIGHT[p][j]: the counts are known in advance.
+    right = [[True, False, True], [False, False, False], [True, True, True]]
+    answers = ["4", "7", "10"]
+    calls = []
+
+    def fake_sampler(model, tokenizer, prompts, k, *, max_tokens, temperature, seed):
+        calls.append((len(prompts), k, seed, temperature))
+        first = [p[1] - 3 for p in prompts]  # the problem index, from _examples' prompt
+        return [
+            Sample(i, [5], f"The answer is {answers[p] if right[p][j] else 0}.", [], [], "stop")
+            for i, p in enumerate(first)
+            for j in range(k)
+        ]
+
+    monkeypatch.setattr(evaluate, "sample_groups", fake_sampler)
+    result = accuracy(None, None, _examples(answers), "math", samples=3, seed=5, batch_size=2)
+    assert result["correct"] == [2, 0, 3]
+    assert result["avg_at_k"] == pytest.approx(5 / 9)
+    assert result["pass_at_k"] == pytest.approx(2 / 3)
+    # Two batches of prompts, each seeded by its offset, k samples per prompt.
+    assert calls == [(2, 3, 5, 1.0), (1, 3, 7, 1.0)]
+    greedy = accuracy(None, None, _examples(answers), "math", samples=3, temperature=0.0)
+    assert greedy["samples"] == 1 and greedy["correct"] == [1, 0, 1]
+
+
+def test_cli_errors_name_the_file(tmp_path):
+    with pytest.raises(SystemExit, match=r"error: .*missing\.jsonl: no such file"):
+        main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "missing.jsonl")])
+    no_answers = tmp_path / "plain.jsonl"
+    no_answers.write_text('{"prompt": "2+2?", "completion": "4"}\n')
+    with pytest.raises(SystemExit, match=r"error: .*plain\.jsonl: no rows with an 'answer'"):
+        main(["--model", str(tmp_path / "m"), "--data", str(no_answers)])
+    with pytest.raises(SystemExit, match=r"error: .*test\.jsonl: not found"):
+        main(["--model", str(tmp_path / "m"), "--data", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_cli_writes_results_and_prints_table(tiny_model, arithmetic_data, tmp_path, capsys):
+    out = tmp_path / "r" / "results.json"
+    argv = f"--model {tiny_model} --data {arithmetic_data} --split valid --limit 3"
+    argv += f" --samples 2 --temperature 1.0 --max-tokens 6 --batch-size 2 --output {out}"
+    main(argv.split())
+    result = json.loads(out.read_text())
+    assert set(result) == RESULT_KEYS
+    assert result["n"] == 3 and result["samples"] == 2 and result["split"] == "valid"
+    assert len(result["correct"]) == 3 and all(0 <= c <= 2 for c in result["correct"])
+    assert len(result["greedy_correct"]) == 3 and all(c in (0, 1) for c in result["greedy_correct"])
+    assert result["avg_at_k"] == pytest.approx(sum(result["correct"]) / 6)
+    assert result["adapter_path"] is None and result["model"] == str(tiny_model)
+    printed = capsys.readouterr().out
+    for label in ("problems  3", "avg@2", "pass@2", "greedy", f"Results written to {out}"):
+        assert label in printed
+
+
+@pytest.mark.slow
+def test_cli_reads_one_jsonl_file_and_skips_rows_without_answers(tiny_model, tmp_path, capsys):
+    data = tmp_path / "mixed.jsonl"
+    chat = [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": "2"}]
+    rows = [
+        {"prompt": "Tom has 2 pens and gets 3 more. How many?", "completion": "5", "answer": 5},
+        {"prompt": "Say hi.", "completion": "hi"},
+        {"messages": chat, "answer": "2"},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "r.json"
+    main(f"--model {tiny_model} --data {data} --samples 1 --max-tokens 4 --output {out}".split())
+    assert json.loads(out.read_text())["n"] == 2
+    assert f"skipped 1 row(s) without an 'answer' (first: {data}:2)" in capsys.readouterr().out
+
+
+def _write_random_adapters(model_path, folder) -> None:
+    """LoRA adapters with random non-zero B (so they change the policy), saved as
+    mlx-lm's load_adapters and mlx_gft.trainer.save_adapters lay them out."""
+    model, _ = load(str(model_path))
+    model.freeze()
+    lora = {"rank": 4, "scale": 20.0, "dropout": 0.0}
+    linear_to_lora_layers(model, 2, lora)
+    rng = np.random.default_rng(0)
+    for _, module in model.named_modules():
+        if "lora_b" in module:
+            module.lora_b = mx.array(rng.standard_normal(module.lora_b.shape).astype(np.float32))
+    folder.mkdir()
+    weights = dict(tree_flatten(model.trainable_parameters()))
+    mx.save_safetensors(str(folder / "adapters.safetensors"), weights)
+    config = {"fine_tune_type": "lora", "num_layers": 2, "lora_parameters": lora}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.slow
+def test_adapters_change_what_is_evaluated(tiny_model, arithmetic_data, tmp_path, capsys):
+    adapters = tmp_path / "adapters"
+    _write_random_adapters(tiny_model, adapters)
+    from mlx_gft.data import load_splits
+
+    rows = load_splits(str(arithmetic_data))["test"][:4]
+    texts = []
+    for path in (None, adapters):
+        model, tok = load_model(str(tiny_model), str(path) if path else None)
+        examples = evaluate.sampling_examples(rows, tok, model)
+        _, greedy = score_samples(model, tok, examples, temperature=0.0, max_tokens=8)
+        texts.append(greedy)
+    assert len(texts[0]) == 4 and texts[0] != texts[1]
+
+    # The CLI loads them too, and by default writes its results next to them.
+    main(f"--model {tiny_model} --data {arithmetic_data} --limit 2 --samples 2 "
+         f"--max-tokens 4 --adapter-path {adapters}".split())  # fmt: skip
+    result = json.loads((adapters / "eval_results.json").read_text())
+    assert result["adapter_path"] == str(adapters) and result["n"] == 2
+    assert f"Results written to {adapters / 'eval_results.json'}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_adapters_that_do_not_fit_are_an_error(tiny_model, arithmetic_data, tmp_path):
+    adapters = tmp_path / "bad"
+    _write_random_adapters(tiny_model, adapters)
+    config = json.loads((adapters / "adapter_config.json").read_text())
+    config["lora_parameters"]["rank"] = 8  # the saved matrices have rank 4
+    (adapters / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        SystemExit,
+        match=r"error: adapters in .*bad do not fit the model:\n  model\.layers\..*does not match",
+    ):
+        main(f"--model {tiny_model} --data {arithmetic_data} --adapter-path {adapters}".split())
+    with pytest.raises(SystemExit, match=r"error: .*nowhere/adapter_config\.json: not found"):
+        main(f"--model {tiny_model} --adapter-path {tmp_path / 'nowhere'}".split())

@@ -1,0 +1,119 @@
+"""Run comparison plots and the summary table, from hand-written metrics.jsonl files."""
+
+import json
+import math
+import sys
+
+import pytest
+
+from mlx_gft.plots import main, plot_runs, read_metrics, summary_table
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _train_line(it: int, entropy: float, grad: float, kl: float, reward: float) -> dict:
+    return {
+        "iteration": it,
+        "loss": 1.0 / it,
+        "entropy": entropy,
+        "grad_norm": grad,
+        "kl_to_base": kl,
+        "reward_sampled": reward,
+        "sample_acc": reward,
+        "zero_var_frac": 0.5,
+        "peak_memory_gb": 0.1,
+    }
+
+
+def _write_run(folder, lines: list[dict], tail: str = "") -> None:
+    folder.mkdir(parents=True)
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    (folder / "metrics.jsonl").write_text(text + tail)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    gft = tmp_path / "gft"
+    _write_run(
+        gft,
+        [
+            _train_line(1, 2.0, 0.5, 0.0, 0.1),
+            _train_line(2, 1.8, 3.0, 0.01, 0.2),
+            {"iteration": 2, "val_loss": 1.5, "val_acc": 0.25},
+            _train_line(3, 1.5, 1.0, 0.02, 0.3),
+            {"iteration": 3, "val_loss": 1.4, "val_acc": 0.5},
+        ],
+    )
+    sft = tmp_path / "sft"
+    # No probe (KL is NaN), no validation, and a resume that logged iteration 2 again.
+    _write_run(
+        sft,
+        [
+            _train_line(1, 2.2, 0.7, math.nan, 0.0),
+            _train_line(2, 2.0, 0.9, math.nan, 0.0),
+            _train_line(2, 1.9, 0.8, math.nan, 0.0),
+        ],
+        tail='{"iteration": 3, "loss": 0.',  # killed mid-write
+    )
+    return {"gft": gft, "sft": sft}
+
+
+def test_read_metrics_gives_points_per_metric(runs):
+    gft = read_metrics(runs["gft"] / "metrics.jsonl")
+    assert gft["entropy"] == [(1, 2.0), (2, 1.8), (3, 1.5)]
+    assert gft["val_acc"] == [(2, 0.25), (3, 0.5)]
+    assert gft["grad_norm"] == [(1, 0.5), (2, 3.0), (3, 1.0)]
+    assert "iteration" not in gft
+    sft = read_metrics(runs["sft"])  # a run folder works too
+    assert sft["entropy"] == [(1, 2.2), (2, 1.9)]  # the later line of iteration 2 wins
+    assert all(math.isnan(v) for _, v in sft["kl_to_base"])
+    assert "val_acc" not in sft
+
+
+def test_read_metrics_rejects_a_broken_middle_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"iteration": 1, "loss": 1}\nnot json\n{"iteration": 2, "loss": 1}\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: malformed JSON"):
+        read_metrics(path)
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+        read_metrics(tmp_path / "nowhere")
+
+
+def test_summary_table_numbers(runs):
+    table = summary_table(runs).splitlines()
+    assert table[0] == (
+        "| run | iterations | final entropy | max grad norm | final KL to base | final val_acc |"
+    )
+    assert table[2] == "| gft | 3 | 1.5 | 3 | 0.02 | 0.5 |"
+    assert table[3] == "| sft | 2 | 1.9 | 0.8 | nan | - |"  # 0.9 was replaced on resume
+    # Without any validation the column is left out.
+    assert "val_acc" not in summary_table({"sft": runs["sft"]})
+
+
+def test_plot_runs_writes_one_png_per_logged_metric(runs, tmp_path):
+    out = tmp_path / "plots"
+    written = plot_runs(runs, out, metrics=("entropy", "val_acc", "not_logged"))
+    assert written == [out / "entropy.png", out / "val_acc.png"]
+    for path in written:
+        data = path.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+
+
+def test_missing_matplotlib_says_what_to_install(runs, tmp_path, monkeypatch):
+    for name in ("matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=r'pip install "mlx-gft\[plot\]"'):
+        plot_runs(runs, tmp_path / "plots")
+
+
+def test_cli_plots_and_prints_the_table(runs, tmp_path, capsys):
+    out = tmp_path / "cli"
+    main([str(runs["gft"]), str(runs["sft"]), "--out", str(out)])
+    names = sorted(p.name for p in out.iterdir())
+    expected = ["entropy.png", "grad_norm.png", "kl_to_base.png", "reward_sampled.png"]
+    assert names == sorted([*expected, "val_acc.png"])
+    printed = capsys.readouterr().out
+    assert "| gft | 3 | 1.5 | 3 | 0.02 | 0.5 |" in printed
+    assert f"Wrote {out / 'entropy.png'}" in printed
+    with pytest.raises(SystemExit, match=r"error: .*nowhere.*no metrics\.jsonl"):
+        main([str(tmp_path / "nowhere"), "--out", str(out)])
