@@ -21,7 +21,7 @@ def run(config: TrainConfig, log=print) -> dict:
         check_answers,
         check_distributed,
         default_rewards,
-        expert_nll,
+        expert_stats,
         has_checkpoint,
         setup_trainable,
         stage_finished,
@@ -113,7 +113,7 @@ def run(config: TrainConfig, log=print) -> dict:
 
         load_adapters(model, config.adapter_path)
     if config.test:
-        results["test_loss"] = expert_nll(model, test_set, config.batch_size)
+        results["test_loss"] = expert_stats(model, test_set, config.batch_size)["nll"]
         log(f"Test loss {results['test_loss']:.3f}")
         if len(stages) == 1 or not config.train:
             held_out("after" if config.train else "test")

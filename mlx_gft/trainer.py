@@ -379,18 +379,21 @@ def check_answers(examples: list[Example], specs: list[str]) -> None:
             )
 
 
-def expert_nll(model, examples: list[Example], batch_size: int) -> float:
-    """Token-mean NLL of the expert answers: a loss every method can be compared on."""
-    total, count = 0.0, 0.0
+def expert_stats(model, examples: list[Example], batch_size: int) -> dict:
+    """Token-mean NLL of the expert answers, and the model's mean token entropy on them:
+    a loss and an entropy every method is measured on alike (a run's own `entropy` is
+    taken on its samples for GFT/GRPO but on the expert answers for SFT/DFT)."""
+    nll, entropy, count = 0.0, 0.0, 0.0
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         tokens, mask = pad_batch([(e.prompt, e.expert) for e in chunk])
         start = response_start(mask)
-        lp, _ = token_logprobs(model, tokens, start=start)
+        lp, ent = token_logprobs(model, tokens, start=start, with_entropy=True)
         mask = mask[:, start:]
-        total += (-(lp * mask).sum()).item()
+        nll += (-(lp * mask).sum()).item()
+        entropy += (ent * mask).sum().item()
         count += mask.sum().item()
-    return total / max(count, 1)
+    return {"nll": nll / max(count, 1), "entropy": entropy / max(count, 1)}
 
 
 # --------------------------------------------------------------------------------------
@@ -523,7 +526,8 @@ def validate(model, tokenizer, valid_set: list[Example], config: TrainConfig, re
     """Expert-answer NLL (comparable across losses) and, with a verifier, sampled accuracy."""
     n = len(valid_set) if config.val_batches < 0 else config.val_batches * config.batch_size
     subset = valid_set[:n]
-    out = {"val_loss": expert_nll(model, subset, config.batch_size)}
+    stats = expert_stats(model, subset, config.batch_size)
+    out = {"val_loss": stats["nll"], "val_entropy": stats["entropy"]}
     verifier = next((r.name for r in reward_fns if r.name in VERIFIERS), None)
     if verifier and all(e.answer is not None for e in subset):
         acc = accuracy(
@@ -684,7 +688,10 @@ def train(
                 if lead and valid_set and (done % config.steps_per_eval == 0 or last):
                     tic = time.perf_counter()
                     val = validate(model, tokenizer, valid_set, config, reward_fns)
-                    line = f"Iter {done}: Val loss {val['val_loss']:.3f}"
+                    line = (
+                        f"Iter {done}: Val loss {val['val_loss']:.3f}, "
+                        f"Val entropy {val['val_entropy']:.3f}"
+                    )
                     if "val_acc" in val:
                         line += f", Val acc {val['val_acc']:.3f}"
                     took = time.perf_counter() - tic
