@@ -13,7 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-DEFAULT_METRICS = ("entropy", "grad_norm", "kl_to_base", "reward_sampled", "val_acc")
+DEFAULT_METRICS = (
+    "val_entropy", "entropy", "grad_norm", "kl_to_base", "reward_sampled", "val_acc",
+)  # fmt: skip
 
 Series = dict[str, list[tuple[int, float]]]
 

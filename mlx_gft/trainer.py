@@ -333,12 +333,16 @@ def make_probe(model, tokenizer, examples: list[Example], config: TrainConfig) -
 
 
 def probe_kl(model, probe: dict) -> float:
-    """Mean over probe answers of sum_t [log pi_base - log pi_theta] (the reference's metric)."""
+    """KL(pi_base || pi_theta) per probe answer (sampled from the base), summed over its
+    tokens and averaged over answers. The reference sums log pi_base - log pi_theta;
+    with r = pi_theta / pi_base, r - 1 - log r has the same expectation under the base
+    but is never negative, so an 8-answer probe does not report a negative KL."""
     if not probe:
         return float("nan")
     start = probe["tokens"].shape[1] - 1 - probe["mask"].shape[1]
     lp, _ = token_logprobs(model, probe["tokens"], start=start)
-    return ((probe["base_lp"] - lp) * probe["mask"]).sum(-1).mean().item()
+    log_r = lp - probe["base_lp"]
+    return ((mx.exp(log_r) - 1 - log_r) * probe["mask"]).sum(-1).mean().item()
 
 
 VERIFIERS = ("math", "accuracy")

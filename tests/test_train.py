@@ -285,10 +285,42 @@ def test_real_weights_and_the_built_in_task(tmp_path):
 
     lines = []
     results = mlx_gft.train(
-        model=str(smollm_path(2)), iters=1, batch_size=2, group_size=2,
-        max_completion_length=16, num_layers=-1, adapter_path=str(tmp_path / "ad"),
-        probe_size=1, test=True, test_batches=1, val_batches=1, log=lines.append,
+        model=str(smollm_path(2)),
+        iters=1,
+        batch_size=2,
+        group_size=2,
+        max_completion_length=16,
+        num_layers=-1,
+        adapter_path=str(tmp_path / "ad"),
+        probe_size=1,
+        test=True,
+        test_batches=1,
+        val_batches=1,
+        log=lines.append,
     )
     assert {"before_accuracy", "after_accuracy", "test_loss"} <= results.keys()
     assert any(line.startswith("Held-out accuracy after:") for line in lines)
     assert np.isfinite(results["reports"][0]["loss"])
+
+
+def test_probe_kl_is_zero_at_the_base_and_positive_after_a_change(tiny_model):
+    from mlx_lm import load
+
+    from mlx_gft.config import build_config
+    from mlx_gft.data import Example
+    from mlx_gft.trainer import make_probe, probe_kl, setup_trainable
+
+    model, tokenizer = load(str(tiny_model))
+    config = build_config(num_layers=-1, probe_size=4, max_completion_length=8)
+    setup_trainable(model, config)
+    examples = [Example(prompt=tokenizer.encode(f"What is {i} + 3?"), expert=[1]) for i in range(4)]
+    probe = make_probe(model, tokenizer, examples, config)
+    assert probe_kl(model, probe) == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero
+    from mlx.utils import tree_unflatten
+
+    mx.random.seed(1)
+    moved = [
+        (k, mx.random.normal(v.shape) * 0.05) for k, v in tree_flatten(model.trainable_parameters())
+    ]
+    model.update(tree_unflatten(moved))
+    assert probe_kl(model, probe) > 1e-4

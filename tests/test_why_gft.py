@@ -1,0 +1,30 @@
+"""examples/why_gft.py end to end on the tiny model: runs, table and plots."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "why_gft.py"
+
+
+def test_why_gft_writes_the_table_and_plots(tiny_model, arithmetic_data, tmp_path):
+    out = tmp_path / "why"
+    cmd = [sys.executable, str(SCRIPT), "--model", str(tiny_model), "--data", str(arithmetic_data)]
+    cmd += ["--iters", "2", "--test-problems", "8", "--eval-every", "1", "--num-layers", "-1"]
+    cmd += ["--then-grpo", "1", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = (out / "summary.md").read_text().splitlines()
+    labels = [r.split("|")[1].strip() for r in rows[2:]]
+    assert labels == ["sft: 1-sft", "sft: 2-grpo", "dft", "gft: 1-gft", "gft: 2-grpo"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"sft", "dft", "gft"}
+    assert summary["gft"]["before"] == summary["sft"]["before"]  # same start, same test set
+    for png in ("val_entropy", "grad_norm", "kl_to_base", "val_acc"):
+        assert (out / "plots" / f"{png}.png").stat().st_size > 1000
+    # The GRPO stage after GFT trained from GFT's adapters, in its own folder.
+    assert (out / "gft" / "2-grpo" / "metrics.jsonl").exists()
