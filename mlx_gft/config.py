@@ -146,7 +146,9 @@ class TrainConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         for key in self.lora_parameters:
             if key not in LORA_KEYS:
-                raise ConfigError(f"lora_parameters: unknown key {key!r}{_suggest(key, LORA_KEYS)}")
+                raise ConfigError(
+                    f"lora_parameters: unknown key {key!r}{suggest_key(key, LORA_KEYS)}"
+                )
         if isinstance(self.reward, str):
             self.reward = [r for r in self.reward.split(",") if r]
         weights, rewards = self.reward_weights, self.reward
@@ -187,7 +189,7 @@ def stage_configs(config: TrainConfig) -> list[TrainConfig]:
                 raise ConfigError(f"stages[{n - 1}]: {key!r} is set for the whole run, not a stage")
             if key not in field_names():
                 raise ConfigError(
-                    f"stages[{n - 1}]: unknown key {key!r}{_suggest(key, field_names())}"
+                    f"stages[{n - 1}]: unknown key {key!r}{suggest_key(key, field_names())}"
                 )
         values = {f.name: getattr(config, f.name) for f in fields(TrainConfig)}
         values.update(stage, stages=None)
@@ -196,7 +198,7 @@ def stage_configs(config: TrainConfig) -> list[TrainConfig]:
     return out
 
 
-def _suggest(key: str, known) -> str:
+def suggest_key(key: str, known) -> str:
     if key in ALIASES and ALIASES[key] in known:
         return f"; did you mean {ALIASES[key]!r}?"
     close = difflib.get_close_matches(key, list(known), n=1)
@@ -222,7 +224,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     for key in values:
         norm = key.replace("-", "_")
         if norm not in known:
-            raise ConfigError(f"{path}: unknown key {key!r}{_suggest(norm, known)}")
+            raise ConfigError(f"{path}: unknown key {key!r}{suggest_key(norm, known)}")
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
@@ -233,5 +235,5 @@ def build_config(yaml_values: dict[str, Any] | None = None, **overrides: Any) ->
     known = field_names()
     for key in values:
         if key not in known:
-            raise ConfigError(f"unknown option {key!r}{_suggest(key, known)}")
+            raise ConfigError(f"unknown option {key!r}{suggest_key(key, known)}")
     return TrainConfig(**values, lora_parameters=lora).validate()

@@ -11,7 +11,16 @@ import dataclasses
 import sys
 import typing
 
-from .config import ConfigError, TrainConfig, build_config, load_yaml
+from .config import (
+    ALIASES,
+    LORA_KEYS,
+    ConfigError,
+    TrainConfig,
+    build_config,
+    field_names,
+    load_yaml,
+    suggest_key,
+)
 from .data import DataError
 from .job import run
 from .rewards import RewardError
@@ -36,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="YAML-only: " + ", ".join(YAML_ONLY) + ".",
         # No argparse defaults: an option absent from the command line must not mask YAML.
         argument_default=argparse.SUPPRESS,
+        # No prefixes either: `--iter 4` must not quietly mean --iters (or a new option's).
+        allow_abbrev=False,
     )
     parser.add_argument("-c", "--config", help="YAML file with any of the options below")
     hints = typing.get_type_hints(TrainConfig)
@@ -54,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    known, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{_suggest_flag(unknown)}")
+    args = vars(known)
     yaml_values = load_yaml(args.pop("config")) if "config" in args else {}
     return build_config(yaml_values, **args)
 
@@ -92,6 +107,21 @@ def out_of_memory_message(error: BaseException, config: TrainConfig | None) -> s
         "Turn one of these down (the last checkpoint, if any, is intact; --resume "
         "continues):\n  " + "\n  ".join(knobs)
     )
+
+
+def _suggest_flag(unknown: list[str]) -> str:
+    """`--lora-layers` -> did you mean --num-layers? (names from other LoRA tools too)."""
+    for token in unknown:
+        if token.startswith("--"):
+            key = token[2:].split("=")[0].replace("-", "_")
+            lora_key = ALIASES.get(key, key)
+            if lora_key in LORA_KEYS:
+                return f" (LoRA {lora_key} is set in YAML: lora_parameters: {{{lora_key}: ...}})"
+            hint = suggest_key(key, field_names())
+            if hint:
+                name = hint.split("'")[1].replace("_", "-")
+                return f" (did you mean --{name}?)"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> None:

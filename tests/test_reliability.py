@@ -392,3 +392,21 @@ def test_a_failing_reward_keeps_the_finished_iterations(tmp_path, tiny_model, ar
     lines = []
     run(parse_config([*argv, "--reward", "f1", "--resume"]), log=lines.append)
     assert "Resuming from iteration 2" in lines and _checkpoint_iteration(adapters) == 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--iter", "4"], r"unrecognized arguments: --iter 4 \(did you mean --iters\?\)"),
+        (["--lora-layers", "4"], r"--lora-layers 4 \(did you mean --num-layers\?\)"),
+        (["--alpha", "16"], r"LoRA scale is set in YAML: lora_parameters: \{scale: ...\}"),
+        (["--learning-rat", "1e-5"], r"did you mean --learning-rate\?"),
+    ],
+)
+def test_misspelt_options_are_errors_that_suggest_the_name(argv, message, capsys):
+    """No prefix matching: `--iter 4` once started a default 1000-iteration run."""
+    from mlx_gft.lora import parse_config
+
+    with pytest.raises(SystemExit):
+        parse_config(["--train", *argv])
+    assert re.search(message, capsys.readouterr().err)
