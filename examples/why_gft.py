@@ -4,6 +4,7 @@ model, reward, held-out accuracy) and print a table of the final numbers.
 
     python examples/why_gft.py --quick                 # embedded model and task, < 30 min
     python examples/why_gft.py --then-grpo 10          # and GRPO after SFT vs after GFT
+    python examples/why_gft.py --methods sft,sft+gft   # SFT vs SFT -> GFT, same steps
     python examples/why_gft.py --model M --data D --iters 200
 
 Writes <out>/<method>/ (adapters, metrics.jsonl), <out>/plots/*.png and <out>/summary.md.
@@ -48,11 +49,17 @@ def options(args: argparse.Namespace) -> dict:
     )
 
 
-def train_method(name: str, loss: str, args: argparse.Namespace, then_grpo: int) -> dict:
+def train_method(name: str, args: argparse.Namespace, then_grpo: int) -> dict:
+    """`name` is a loss, or losses joined by '+' that share the iterations in turn
+    (sft+gft: the paper's pipeline, at the same number of examples seen as sft)."""
     folder = Path(args.out) / name
-    config = dict(options(args), loss=loss, adapter_path=str(folder))
+    losses = name.split("+")
+    config = dict(options(args), loss=losses[0], adapter_path=str(folder))
+    stages = [{"loss": loss, "iters": args.iters // len(losses)} for loss in losses]
     if then_grpo:
-        config["stages"] = [loss, {"loss": "grpo", "iters": then_grpo}]
+        stages.append({"loss": "grpo", "iters": then_grpo})
+    if len(stages) > 1:
+        config["stages"] = stages
     print(f"\n=== {name} ===", flush=True)
     tic = time.perf_counter()
     results = run(build_config(**config))
@@ -60,7 +67,7 @@ def train_method(name: str, loss: str, args: argparse.Namespace, then_grpo: int)
     after = [k for k in results if k.endswith("_accuracy") and k != "before_accuracy"]
     runs = (
         {f"{name}: {p.name}": p for p in sorted(folder.glob("[0-9]-*"))}
-        if then_grpo
+        if len(stages) > 1
         else {name: folder}
     )
     return {
@@ -115,7 +122,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the < 30 min setting (default)")
     ap.add_argument("--model", help="default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--data", help="default: the built-in arithmetic task")
-    ap.add_argument("--methods", default="sft,dft,gft")
+    ap.add_argument("--methods", default="sft,dft,gft", help="losses, or a+b for stages")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--learning-rate", type=float, default=3e-5)
     ap.add_argument("--group-size", type=int, default=4)
@@ -129,15 +136,20 @@ def main() -> None:
 
     outcomes = {}
     for method in args.methods.split(","):
-        grpo = args.then_grpo if method in ("sft", "gft") else 0
-        outcomes[method] = train_method(method, method, args, grpo)
+        grpo = args.then_grpo if method.split("+")[-1] in ("sft", "gft") else 0
+        outcomes[method] = train_method(method, args, grpo)
     runs = {label: f for out in outcomes.values() for label, f in out["runs"].items()}
     out_dir = Path(args.out)
     summary = table(outcomes)
     (out_dir / "summary.md").write_text(summary + "\n")
     (out_dir / "summary.json").write_text(
-        json.dumps({k: {**v, "runs": {n: str(p) for n, p in v["runs"].items()}}
-                    for k, v in outcomes.items()}, indent=1)  # fmt: skip
+        json.dumps(
+            {
+                k: {**v, "runs": {n: str(p) for n, p in v["runs"].items()}}
+                for k, v in outcomes.items()
+            },
+            indent=1,
+        )  # fmt: skip
     )
     print("\n" + summary)
     try:

@@ -15,16 +15,19 @@ def test_why_gft_writes_the_table_and_plots(tiny_model, arithmetic_data, tmp_pat
     out = tmp_path / "why"
     cmd = [sys.executable, str(SCRIPT), "--model", str(tiny_model), "--data", str(arithmetic_data)]
     cmd += ["--iters", "2", "--test-problems", "8", "--eval-every", "1", "--num-layers", "-1"]
-    cmd += ["--then-grpo", "1", "--out", str(out)]
+    cmd += ["--methods", "sft,dft,sft+gft", "--then-grpo", "1", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = (out / "summary.md").read_text().splitlines()
     labels = [r.split("|")[1].strip() for r in rows[2:]]
-    assert labels == ["sft: 1-sft", "sft: 2-grpo", "dft", "gft: 1-gft", "gft: 2-grpo"]
+    assert labels == [
+        "sft: 1-sft", "sft: 2-grpo", "dft", "sft+gft: 1-sft", "sft+gft: 2-gft", "sft+gft: 3-grpo",
+    ]  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"sft", "dft", "gft"}
-    assert summary["gft"]["before"] == summary["sft"]["before"]  # same start, same test set
+    assert set(summary) == {"sft", "dft", "sft+gft"}
+    assert summary["sft+gft"]["before"] == summary["sft"]["before"]  # same start and test set
     for png in ("val_entropy", "grad_norm", "kl_to_base", "val_acc"):
         assert (out / "plots" / f"{png}.png").stat().st_size > 1000
-    # The GRPO stage after GFT trained from GFT's adapters, in its own folder.
-    assert (out / "gft" / "2-grpo" / "metrics.jsonl").exists()
+    # Each stage in its own folder; the iterations are shared between SFT and GFT.
+    steps = [json.loads(x)["iteration"] for x in (out / "sft+gft/2-gft/metrics.jsonl").open()]
+    assert max(steps) == 1 and (out / "sft+gft" / "3-grpo" / "metrics.jsonl").exists()
