@@ -5,6 +5,7 @@ parser has no defaults of its own, so it can never mask a YAML value).
 """
 
 import difflib
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,22 @@ class TrainConfig:
         "(YAML: a list of losses or of option mappings)",
     )
 
+    def _check_types(self) -> None:
+        hints = typing.get_type_hints(TrainConfig)
+        for f in fields(self):
+            value, kinds = getattr(self, f.name), typing.get_args(hints[f.name]) or (hints[f.name],)
+            if value is None and type(None) in kinds:
+                continue
+            kind = next((k for k in (int, float) if k in kinds), None)
+            if kind is not None:
+                setattr(self, f.name, _number(f.name, value, kind))
+            elif bool in kinds and not isinstance(value, bool):
+                raise ConfigError(f"{f.name}: expected true or false, got {value!r}")
+        if isinstance(self.reward_weights, list):
+            self.reward_weights = [_number("reward_weights", w, float) for w in self.reward_weights]
+
     def validate(self) -> "TrainConfig":
+        self._check_types()
         choices = {
             "fine_tune_type": ("lora", "dora", "full"),
             "optimizer": ("adam", "adamw", "sgd", "adafactor", "muon"),
@@ -196,6 +212,18 @@ def stage_configs(config: TrainConfig) -> list[TrainConfig]:
         values["adapter_path"] = str(Path(config.adapter_path) / f"{n}-{values['loss']}")
         out.append(TrainConfig(**values).validate())
     return out
+
+
+def _number(name: str, value: Any, kind: type) -> Any:
+    """YAML 1.1 reads `1e-5` (no dot) as a string; take it as the number it means, and
+    refuse what is not a number at all instead of failing deep inside the optimizer."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    try:
+        number = kind(value) if kind is float else int(str(value))
+    except ValueError:
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+    return number
 
 
 def suggest_key(key: str, known) -> str:

@@ -410,3 +410,20 @@ def test_misspelt_options_are_errors_that_suggest_the_name(argv, message, capsys
     with pytest.raises(SystemExit):
         parse_config(["--train", *argv])
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_yaml_numbers_written_without_a_dot_are_numbers(tmp_path):
+    from mlx_gft.config import ConfigError, build_config, load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1e-5\niters: 20\nreward_weights: [1, 2e-1]\n")
+    config = build_config(load_yaml(path))  # PyYAML reads 1e-5 as the string '1e-5'
+    assert config.learning_rate == 1e-5 and isinstance(config.learning_rate, float)
+    assert config.reward_weights == [1.0, 0.2]
+    for bad, message in [
+        ({"learning_rate": "fast"}, "learning_rate: expected float, got 'fast'"),
+        ({"iters": 2.5}, "iters: expected int, got 2.5"),
+        ({"train": "yes"}, "train: expected true or false, got 'yes'"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            build_config(bad)
