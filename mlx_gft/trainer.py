@@ -626,6 +626,16 @@ def train(
             state = {"iteration": done, "finished": done == total_iters}
             save_checkpoint(model, optimizer, config, state, probe)
 
+    def evaluate(done: int) -> None:
+        tic = time.perf_counter()
+        val = validate(model, tokenizer, valid_set, config, reward_fns)
+        line = f"Iter {done}: Val loss {val['val_loss']:.3f}, Val entropy {val['val_entropy']:.3f}"
+        if "val_acc" in val:
+            line += f", Val acc {val['val_acc']:.3f}"
+        report({"iteration": done, **val}, f"{line}, Val took {time.perf_counter() - tic:.3f}s")
+
+    if lead and valid_set and start == 0:
+        evaluate(0)  # the starting point, as mlx_lm.lora does: curves begin at the base
     saved = start
     try:
         with stop_signals(log) as stop:
@@ -690,16 +700,7 @@ def train(
                     reports.append(summary)
                     window = []
                 if lead and valid_set and (done % config.steps_per_eval == 0 or last):
-                    tic = time.perf_counter()
-                    val = validate(model, tokenizer, valid_set, config, reward_fns)
-                    line = (
-                        f"Iter {done}: Val loss {val['val_loss']:.3f}, "
-                        f"Val entropy {val['val_entropy']:.3f}"
-                    )
-                    if "val_acc" in val:
-                        line += f", Val acc {val['val_acc']:.3f}"
-                    took = time.perf_counter() - tic
-                    report({"iteration": done, **val}, f"{line}, Val took {took:.3f}s")
+                    evaluate(done)
                 if done % config.save_every == 0 or last or stop:
                     save(done, numbered=not last)
                     saved = done

@@ -56,7 +56,8 @@ def test_each_loss_trains_and_saves_mlx_lm_adapters(tiny_model, arithmetic_data,
     x = mx.array([[1, 5, 9, 12]])
     assert not np.allclose(np.array(base(x)), np.array(tuned(x)))
     metrics = [json.loads(s) for s in (tmp_path / "ad" / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[0]["iteration"] == 1
+    assert metrics[0]["iteration"] == 0 and "val_loss" in metrics[0]  # the starting point
+    assert [m["iteration"] for m in metrics if "loss" in m] == [1, 2]
 
 
 def test_resume_matches_an_unbroken_run(tiny_model, arithmetic_data, tmp_path):
