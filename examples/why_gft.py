@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mlx_gft.config import build_config
 from mlx_gft.job import run
-from mlx_gft.plots import plot_runs, read_metrics
+from mlx_gft.plots import chain_stages, plot_runs, read_metrics
 
 PLOTTED = ("val_entropy", "grad_norm", "kl_to_base", "reward_sampled", "val_acc", "val_loss")
 
@@ -138,7 +138,8 @@ def main() -> None:
     for method in args.methods.split(","):
         grpo = args.then_grpo if method.split("+")[-1] in ("sft", "gft") else 0
         outcomes[method] = train_method(method, args, grpo)
-    runs = {label: f for out in outcomes.values() for label, f in out["runs"].items()}
+    # One curve per method: a staged method's stages joined end to end.
+    curves = {name: chain_stages(list(out["runs"].values())) for name, out in outcomes.items()}
     out_dir = Path(args.out)
     summary = table(outcomes)
     (out_dir / "summary.md").write_text(summary + "\n")
@@ -153,7 +154,7 @@ def main() -> None:
     )
     print("\n" + summary)
     try:
-        for path in plot_runs(runs, out_dir / "plots", PLOTTED):
+        for path in plot_runs(curves, out_dir / "plots", PLOTTED):
             print(f"Wrote {path}")
     except ImportError as e:
         print(f"No plots: {e}")

@@ -71,18 +71,34 @@ def _figure_class():
     return Figure, FigureCanvasAgg, MaxNLocator
 
 
+def chain_stages(folders: Sequence[str | Path]) -> Series:
+    """One series for a staged run (--stages): each stage's iterations continue where
+    the previous stage's ended, so SFT -> GFT reads as one curve."""
+    out: Series = {}
+    offset = 0
+    for folder in folders:
+        series = read_metrics(folder)
+        for metric, points in series.items():
+            out.setdefault(metric, []).extend((i + offset, v) for i, v in points)
+        offset += max((points[-1][0] for points in series.values() if points), default=0)
+    return out
+
+
 def plot_runs(
-    runs: dict[str, Path],
+    runs: dict[str, Path | Series],
     out_dir: str | Path,
     metrics: Sequence[str] = DEFAULT_METRICS,
 ) -> list[Path]:
     """Write <metric>.png for each metric some run logged, one line per run; returns them.
+    A run is its folder (or metrics.jsonl), or a series already read (`chain_stages`).
 
     Uses matplotlib's Agg canvas directly, not pyplot, so it changes no global backend
     (safe inside a notebook or a GUI session).
     """
     Figure, FigureCanvasAgg, MaxNLocator = _figure_class()
-    series = {name: read_metrics(path) for name, path in runs.items()}
+    series = {
+        name: run if isinstance(run, dict) else read_metrics(run) for name, run in runs.items()
+    }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

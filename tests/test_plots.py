@@ -117,3 +117,19 @@ def test_cli_plots_and_prints_the_table(runs, tmp_path, capsys):
     assert f"Wrote {out / 'entropy.png'}" in printed
     with pytest.raises(SystemExit, match=r"error: .*nowhere.*no metrics\.jsonl"):
         main([str(tmp_path / "nowhere"), "--out", str(out)])
+
+
+def test_chain_stages_continues_the_iterations(tmp_path):
+    from mlx_gft.plots import chain_stages
+
+    for stage, losses in (("1-sft", [2.0, 1.0]), ("2-gft", [0.5, 0.25, 0.125])):
+        folder = tmp_path / stage
+        folder.mkdir()
+        rows = [{"iteration": 0, "val_loss": 9.0}]
+        rows += [{"iteration": i + 1, "loss": v} for i, v in enumerate(losses)]
+        (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    series = chain_stages([tmp_path / "1-sft", tmp_path / "2-gft"])
+    assert series["loss"] == [(1, 2.0), (2, 1.0), (3, 0.5), (4, 0.25), (5, 0.125)]
+    assert series["val_loss"] == [(0, 9.0), (2, 9.0)]  # stage 2 starts where stage 1 ended
+    written = plot_runs({"sft+gft": series}, tmp_path / "png", ["loss"])
+    assert written[0].stat().st_size > 1000
