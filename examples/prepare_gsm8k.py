@@ -25,6 +25,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from mlx_gft.data import DataError, raw_rows
+
 ANNOTATION = re.compile(r"<<[^<>]*>>")
 NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
 SUGGESTED_INSTRUCTION = "Solve step by step, then give the final answer as '#### <number>'."
@@ -58,21 +60,11 @@ def convert_row(row: object, where: str, instruction: str = "") -> dict[str, str
 
 def read_gsm8k(path: Path, instruction: str = "") -> list[dict[str, str]]:
     """Every row of a GSM8K JSONL file, converted; the first bad line raises GSM8KError."""
-    rows = []
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise GSM8KError(f"{path}: not valid UTF-8 ({e.reason})") from None
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GSM8KError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-        rows.append(convert_row(row, where, instruction))
-    return rows
+        raw = raw_rows(path)  # mlx_gft's JSONL walk: bad UTF-8 or JSON named by file:line
+    except DataError as e:
+        raise GSM8KError(str(e)) from None
+    return [convert_row(row, where, instruction) for where, row in raw]
 
 
 def read_hub(dataset: str, config: str, split: str, instruction: str = "") -> list[dict] | None:

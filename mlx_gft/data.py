@@ -103,8 +103,9 @@ def parse_row(row: Any, where: str) -> dict[str, Any]:
     return out
 
 
-def read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    """Parse and validate every line of a JSONL file before anything is tokenized."""
+def raw_rows(path: Path) -> list[tuple[str, Any]]:
+    """(file:line, parsed JSON value) for every non-blank line of a JSONL file; bad UTF-8
+    or JSON is a DataError at its file:line. The rows' shape is not checked here."""
     rows = []
     raw = path.read_bytes()
     try:
@@ -120,13 +121,17 @@ def read_jsonl(path: Path) -> list[tuple[str, dict]]:
             continue
         where = f"{path}:{number}"
         try:
-            row = json.loads(line)
+            rows.append((where, json.loads(line)))
         except json.JSONDecodeError as e:
             raise DataError(where, f"malformed JSON ({e.msg} at column {e.colno})") from None
         except (ValueError, RecursionError) as e:  # too deeply nested, huge integers
             raise DataError(where, f"unreadable JSON ({type(e).__name__}: {e})") from None
-        rows.append((where, parse_row(row, where)))
     return rows
+
+
+def read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    """Parse and validate every line of a JSONL file before anything is tokenized."""
+    return [(where, parse_row(row, where)) for where, row in raw_rows(path)]
 
 
 def _eos_ids(tokenizer) -> set[int]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import rewards as rewards_lib
-from .data import SPLITS, DataError, parse_row, read_jsonl
+from .data import SPLITS, DataError, parse_row, raw_rows
 from .evaluate import LoadError, load_model, sampling_examples
 from .sampling import sample_groups
 
@@ -43,14 +43,10 @@ def original_rows(data: str | None, split: str) -> list[tuple[str, dict]]:
     path = Path(data) / f"{split}.jsonl"
     if not path.is_file():
         return []
-    read_jsonl(path)  # validates every row, naming file:line, before anything is sampled
-    text = path.read_bytes().decode("utf-8-sig")
-    # The same line walk as read_jsonl, so each object keeps its file:line.
-    return [
-        (f"{path}:{number}", json.loads(line))
-        for number, line in enumerate(text.split("\n"), start=1)
-        if line.strip()
-    ]
+    rows = raw_rows(path)
+    for where, row in rows:  # every row checked, naming file:line, before any sampling
+        parse_row(row, where)
+    return rows
 
 
 def existing_responses(row: dict) -> list[str]:

@@ -23,6 +23,7 @@ def run(config: TrainConfig, log=print) -> dict:
         default_rewards,
         expert_stats,
         has_checkpoint,
+        quiet,
         setup_trainable,
         stage_finished,
         train,
@@ -36,7 +37,7 @@ def run(config: TrainConfig, log=print) -> dict:
     if config.train and group.size() > 1:
         check_distributed(config, group.size())
     if not lead:
-        log = _quiet
+        log = quiet
     # Every row is parsed and checked before the (slow) model load.
     log(f"Loading data {config.data or '(built-in arithmetic task)'}")
     splits = data_lib.load_splits(config.data)
@@ -118,10 +119,6 @@ def run(config: TrainConfig, log=print) -> dict:
         if len(stages) == 1 or not config.train:
             held_out("after" if config.train else "test")
     return results
-
-
-def _quiet(*args, **kwargs) -> None:
-    pass
 
 
 def train(config: TrainConfig | None = None, log=print, **options) -> dict:

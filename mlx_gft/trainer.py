@@ -354,8 +354,8 @@ def default_rewards(config: TrainConfig, examples: list[Example]) -> list[str]:
     return ["math"] if all(e.answer is not None for e in examples) else ["f1"]
 
 
-def _quiet(*args, **kwargs) -> None:
-    pass
+def quiet(*args, **kwargs) -> None:
+    """The log of a rank that is not rank 0."""
 
 
 def check_distributed(config: TrainConfig, ranks: int) -> None:
@@ -425,10 +425,11 @@ def _minibatches(groups, config: TrainConfig) -> list[list[list[int]]]:
 
 
 SAMPLED_LOSSES = ("gft", "grpo")
-# Per-iteration metrics exchanged between ranks (the same list everywhere).
+# Per-iteration metrics exchanged between ranks (the same list everywhere); the times
+# go separately, as the slowest rank's (distributed.SLOWEST).
 METRIC_KEYS = [
-    "loss", "grad_norm", "entropy", "rectified_frac", "skipped", "train_tokens", "train_time",
-    "sample_time", "gen_tokens", "zero_var_frac", "group_size_mean", "sample_acc",
+    "loss", "grad_norm", "entropy", "rectified_frac", "skipped", "train_tokens",
+    "gen_tokens", "zero_var_frac", "group_size_mean", "sample_acc",
     "truncated_frac", "missing_teachers", "groups", "stop", *(f"reward_{k}" for k in KINDS),
 ]  # fmt: skip
 
@@ -593,7 +594,7 @@ def train(
     lead = group.rank() == 0  # rank 0 alone logs and writes files
     if group.size() > 1:
         check_distributed(config, group.size())
-        log = log if lead else _quiet
+        log = log if lead else quiet
     folder = Path(config.adapter_path)
     if lead:
         folder.mkdir(parents=True, exist_ok=True)
@@ -689,7 +690,7 @@ def train(
                 if done % config.steps_per_report == 0 or last or stop:
                     summary = _summarise(window, done)
                     summary.update(
-                        kl_to_base=probe_kl(model, probe) if probe else float("nan"),
+                        kl_to_base=probe_kl(model, probe),
                         trained_tokens=trained_tokens,
                         peak_memory_gb=mx.get_peak_memory() / 1e9,
                         active_memory_gb=mx.get_active_memory() / 1e9,
