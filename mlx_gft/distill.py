@@ -20,8 +20,7 @@ from pathlib import Path
 
 from . import rewards as rewards_lib
 from .data import SPLITS, DataError, parse_row, raw_rows
-from .evaluate import LoadError, load_model, sampling_examples
-from .sampling import sample_groups
+from .evaluate import LoadError, load_model, sampled_batches, sampling_examples
 
 
 @dataclass
@@ -71,17 +70,10 @@ def distill_split(
         require_answers(parsed)
     examples = sampling_examples(parsed, tokenizer, model)
     stats, out = SplitStats(rows=len(rows)), []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        samples = sample_groups(
-            model,
-            tokenizer,
-            [e.prompt for e in chunk],
-            num_responses,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed + start,
-        )
+    batches = sampled_batches(
+        model, tokenizer, examples, num_responses, max_tokens, temperature, seed, batch_size
+    )
+    for chunk, samples in batches:
         for i, ex in enumerate(chunk):
             group = samples[i * num_responses : (i + 1) * num_responses]
             stats.truncated += sum(s.finish_reason == "length" for s in group)
@@ -91,7 +83,7 @@ def distill_split(
             stats.sampled += len(group)
             stats.written += len(texts)
             stats.empty_rows += not texts
-            row = dict(rows[start + i][1])
+            row = dict(rows[len(out)][1])  # one output row per input row, in order
             row["teacher_responses"] = existing_responses(row) + texts
             out.append(row)
     return out, stats

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,33 @@ def avg_and_pass_at_k(correct: np.ndarray) -> tuple[float, float]:
     return float(correct.mean()), float(correct.any(axis=1).mean())
 
 
+def sampled_batches(
+    model,
+    tokenizer,
+    examples: list[Example],
+    samples: int,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    batch_size: int,
+) -> Iterator[tuple[list[Example], list]]:
+    """(examples, their samples) `batch_size` prompts at a time, `samples` per prompt in
+    prompt order; each batch's seed depends on its position, so results do not depend on
+    how far a caller reads."""
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        outs = sample_groups(
+            model,
+            tokenizer,
+            [e.prompt for e in chunk],
+            samples,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed + start,
+        )
+        yield chunk, outs
+
+
 def score_samples(
     model,
     tokenizer,
@@ -51,17 +79,10 @@ def score_samples(
     """Rewards (problems, samples) and the sampled texts, `batch_size` prompts at a time."""
     reward_fns = rewards_lib.load_rewards([reward])
     scores, texts = [], []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        outs = sample_groups(
-            model,
-            tokenizer,
-            [e.prompt for e in chunk],
-            samples,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed + start,
-        )
+    batches = sampled_batches(
+        model, tokenizer, examples, samples, max_tokens, temperature, seed, batch_size
+    )
+    for chunk, outs in batches:
         members = [
             Member(chunk[i // samples].prompt, s.tokens, "sampled", s.text, chunk[i // samples])
             for i, s in enumerate(outs)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mlx_gft import distill
+from mlx_gft import evaluate
 from mlx_gft.data import read_jsonl
 from mlx_gft.distill import main, original_rows
 from mlx_gft.sampling import Sample
@@ -72,7 +72,7 @@ def test_keep_correct_keeps_only_verified_answers(tiny_model, tmp_path, monkeypa
             ]
         return out
 
-    monkeypatch.setattr(distill, "sample_groups", fake_sampler)
+    monkeypatch.setattr(evaluate, "sample_groups", fake_sampler)  # distill samples through it
     out = tmp_path / "out"
     main(
         f"--teacher {tiny_model} --data {data} --num-responses 2 --keep-correct "
