@@ -24,3 +24,25 @@ def arithmetic_data(tmp_path_factory) -> Path:
     from mlx_gft.tasks.arithmetic import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("data"), n_train=32, n_valid=8, n_test=8)
+
+
+@pytest.fixture
+def flaky_reward(tmp_path):
+    """make(fail_after, message) -> a `file.py:score` reward that raises
+    ValueError(message) from its call fail_after + 1 on (calls count per process),
+    scoring completion-length parity before that."""
+    return lambda fail_after, message="down": _write_flaky_reward(tmp_path, fail_after, message)
+
+
+def _write_flaky_reward(folder: Path, fail_after: int, message: str) -> str:
+    path = folder / "flaky.py"
+    path.write_text(
+        "calls = 0\n"
+        "def score(completion, **kw):\n"
+        "    global calls\n"
+        "    calls += 1\n"
+        f"    if calls > {fail_after}:\n"
+        f"        raise ValueError({message!r})\n"
+        "    return float(len(completion) % 2)\n"
+    )
+    return f"{path}:score"

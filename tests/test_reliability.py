@@ -367,27 +367,21 @@ def test_a_crash_at_any_step_of_a_save_leaves_a_checkpoint(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_a_failing_reward_keeps_the_finished_iterations(tmp_path, tiny_model, arithmetic_data):
+def test_a_failing_reward_keeps_the_finished_iterations(
+    tmp_path, tiny_model, arithmetic_data, flaky_reward
+):
     from mlx_gft.job import run
     from mlx_gft.lora import parse_config
 
-    reward = tmp_path / "flaky.py"
-    reward.write_text(
-        "calls = 0\n"
-        "def score(completion, **kw):\n"
-        "    global calls\n"
-        "    calls += 1\n"
-        "    if calls > 12:  # 2 prompts x (expert + 2 samples) = 6 calls per iteration\n"
-        "        raise ValueError('service down')\n"
-        "    return float(len(completion) % 2)\n"
-    )
+    # 2 prompts x (expert + 2 samples) = 6 calls per iteration: iteration 3 fails.
+    reward = flaky_reward(fail_after=12, message="service down")
     adapters = tmp_path / "ad"
     argv = [*_cli(tiny_model, arithmetic_data, adapters, "--iters", "5")[3:]]
     argv += ["--save-every", "100", "--teacher-count", "1"]
     with pytest.raises(
         RewardError, match=r"(?s)service down on sample 0 .*checkpoint of iteration 2 is saved"
     ):
-        run(parse_config([*argv, "--reward", f"{reward}:score"]), log=lambda _: None)
+        run(parse_config([*argv, "--reward", reward]), log=lambda _: None)
     assert _checkpoint_iteration(adapters) == 2
     lines = []
     run(parse_config([*argv, "--reward", "f1", "--resume"]), log=lines.append)

@@ -81,22 +81,14 @@ def test_each_stage_starts_from_the_last_ones_adapters(tmp_path, tiny_model, ari
 
 
 @pytest.mark.slow
-def test_resume_skips_finished_stages(tmp_path, tiny_model, arithmetic_data):
-    reward = tmp_path / "flaky.py"
-    reward.write_text(
-        "calls = 0\n"
-        "def score(completion, **kw):\n"
-        "    global calls\n"
-        "    calls += 1\n"
-        "    if calls > 6:  # 2 prompts x (expert + 2 samples): fails in GFT's iteration 2\n"
-        "        raise ValueError('down')\n"
-        "    return float(len(completion) % 2)\n"
-    )
+def test_resume_skips_finished_stages(tmp_path, tiny_model, arithmetic_data, flaky_reward):
+    # 2 prompts x (expert + 2 samples) = 6 calls per iteration: GFT's iteration 2 fails.
+    reward = flaky_reward(fail_after=6)
     ad = tmp_path / "ad"
     argv = ["--model", str(tiny_model), "--data", str(arithmetic_data), "--train"]
     argv += ["--adapter-path", str(ad), *QUICK, "--teacher-count", "1", "--stages", "sft", "gft"]
     with pytest.raises(RewardError, match="checkpoint of iteration 1 is saved"):
-        run(parse_config([*argv, "--reward", f"{reward}:score"]), log=lambda _: None)
+        run(parse_config([*argv, "--reward", reward]), log=lambda _: None)
     lines = []
     run(parse_config([*argv, "--reward", "f1", "--resume"]), log=lines.append)
     assert "Stage 1/2 (sft) is finished: loading its adapters" in lines
