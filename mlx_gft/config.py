@@ -226,11 +226,18 @@ def _number(name: str, value: Any, kind: type) -> Any:
     return number
 
 
-def suggest_key(key: str, known) -> str:
+def closest_key(key: str, known) -> str | None:
+    """The known key a user most likely meant: another tool's name for it, or the
+    nearest spelling."""
     if key in ALIASES and ALIASES[key] in known:
-        return f"; did you mean {ALIASES[key]!r}?"
+        return ALIASES[key]
     close = difflib.get_close_matches(key, list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return close[0] if close else None
+
+
+def suggest_key(key: str, known) -> str:
+    close = closest_key(key, known)
+    return f"; did you mean {close!r}?" if close else ""
 
 
 def field_names() -> list[str]:

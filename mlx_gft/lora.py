@@ -17,9 +17,9 @@ from .config import (
     ConfigError,
     TrainConfig,
     build_config,
+    closest_key,
     field_names,
     load_yaml,
-    suggest_key,
 )
 from .data import DataError
 from .job import run
@@ -117,10 +117,9 @@ def _suggest_flag(unknown: list[str]) -> str:
             lora_key = ALIASES.get(key, key)
             if lora_key in LORA_KEYS:
                 return f" (LoRA {lora_key} is set in YAML: lora_parameters: {{{lora_key}: ...}})"
-            hint = suggest_key(key, field_names())
-            if hint:
-                name = hint.split("'")[1].replace("_", "-")
-                return f" (did you mean --{name}?)"
+            close = closest_key(key, field_names())
+            if close:
+                return f" (did you mean --{close.replace('_', '-')}?)"
     return ""
 
 
