@@ -13,6 +13,10 @@ prefill, as a training step pays it.
                 mlx-lm-lora samples its GRPO groups (baseline 2).
   bg_shared     (reference) BatchGenerator with concurrency B*K fed one prefilled prompt
                 cache per prompt, K times: mlx-lm's own way to share a prefix.
+  model_only    (floor) the model work any group sampler must do, and nothing else: B
+                prompts prefilled once, B*K rows decoded with argmax in place of
+                sampling and no host bookkeeping. batch_gen / model_only is the highest
+                ratio against baseline 1 that any sampler running this model can reach.
 
 Run:  python benchmarks/sampling.py [--model PATH | --real] [--prompts 1] [--group-size 8]
 """
@@ -136,12 +140,36 @@ def run_bg_shared(model, tok, prompts, k, n):
     return _drain(gen, uids)
 
 
+def run_model_only(model, tok, prompts, k, n):
+    """The floor: shared prefill, then n decode steps of B*K rows, argmax only."""
+    from mlx_gft.sampling import _prefill, _select_rows
+
+    cache, logits = _prefill(model, prompts, 512)
+    rows = [i for i in range(len(prompts)) for _ in range(k)]
+    _select_rows(cache, rows)
+    token = mx.argmax(logits[mx.array(rows)], axis=-1)
+    for _ in range(n - 1):
+        token = mx.argmax(model(token[:, None], cache=cache)[:, -1, :], axis=-1)
+        mx.async_eval(token)
+    mx.eval(token)
+    return len(rows) * n
+
+
 METHODS: dict[str, Callable] = {
     "ours": run_ours,
     "batch_gen": run_batch_generate,
     "per_prompt": run_per_prompt,
     "bg_shared": run_bg_shared,
+    "model_only": run_model_only,
 }
+
+
+def model_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser with the model options every sampling benchmark takes."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--model", help="an mlx-lm model folder")
+    ap.add_argument("--real", action="store_true", help="SmolLM2-135M via tests/real_model.py")
+    return ap
 
 
 def resolve_model(args) -> tuple[Path, str]:
@@ -158,9 +186,7 @@ def resolve_model(args) -> tuple[Path, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="an mlx-lm model folder")
-    ap.add_argument("--real", action="store_true", help="SmolLM2-135M via tests/real_model.py")
+    ap = model_parser(__doc__)
     ap.add_argument("--prompts", type=int, default=1, help="B, distinct prompts")
     ap.add_argument("--group-size", type=int, default=8, help="K, samples per prompt")
     ap.add_argument("--max-tokens", type=int, default=128)

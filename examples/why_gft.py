@@ -5,6 +5,7 @@ model, reward, held-out accuracy) and print a table of the final numbers.
     python examples/why_gft.py --quick                 # embedded model and task, < 30 min
     python examples/why_gft.py --then-grpo 10          # and GRPO after SFT vs after GFT
     python examples/why_gft.py --methods sft,sft+gft   # SFT vs SFT -> GFT, same steps
+    python examples/why_gft.py --wrong-experts 0.3      # 30% of expert answers wrong
     python examples/why_gft.py --model M --data D --iters 200
 
 Writes <out>/<method>/ (adapters, metrics.jsonl), <out>/plots/*.png and <out>/summary.md.
@@ -17,8 +18,11 @@ import time
 from pathlib import Path
 
 from mlx_gft.config import build_config
+from mlx_gft.evaluate import build_parser as evaluate_parser
+from mlx_gft.evaluate import evaluate
 from mlx_gft.job import run
 from mlx_gft.plots import chain_stages, plot_runs, read_metrics
+from mlx_gft.tasks import write_dataset
 
 PLOTTED = ("val_entropy", "grad_norm", "kl_to_base", "reward_sampled", "val_acc", "val_loss")
 
@@ -78,6 +82,18 @@ def train_method(name: str, args: argparse.Namespace, then_grpo: int) -> dict:
     }
 
 
+def held_out(args: argparse.Namespace, adapters: Path | None) -> dict:
+    """avg@k at T=1 and greedy accuracy on the same test problems the runs report."""
+    argv = ["--split", "test", "--limit", str(args.test_problems), "--max-tokens", "64"]
+    argv += ["--samples", str(args.eval_samples), "--seed", str(args.seed)]
+    options = {"--model": args.model, "--data": args.data, "--adapter-path": adapters}
+    for flag, value in options.items():
+        if value:
+            argv += [flag, str(value)]
+    result = evaluate(evaluate_parser().parse_args(argv), log=lambda _: None)
+    return {"avg_at_k": result["avg_at_k"], "greedy": result["greedy"]}
+
+
 def _series_stats(folder: Path) -> dict:
     s = read_metrics(folder)
 
@@ -97,19 +113,25 @@ def _series_stats(folder: Path) -> dict:
     }
 
 
-def table(outcomes: dict[str, dict]) -> str:
+def table(outcomes: dict[str, dict], base: dict | None = None, k: int = 4) -> str:
+    """One row per run (per stage of a staged method). `held out` is one sample per
+    problem at T=1 as the run measured it; avg@k and greedy come from `held_out`."""
     head = (
-        "| run | held-out acc before -> after | val entropy (expert answers) | "
-        "max grad norm | KL to base (final) | val acc (final) | minutes |"
+        f"| run | held out, before -> after | avg@{k} T=1 | greedy | val entropy "
+        "(expert answers) | max grad norm | KL to base (final) | val acc (final) | minutes |"
     )
-    rows = [head, "|" + "---|" * 7]
+    rows = [head, "|" + "---|" * 9]
+    if base:
+        rows.append(f"| base | | {base['avg_at_k']:.3f} | {base['greedy']:.3f} | | | | | |")
     for out in outcomes.values():
         for (label, folder), (stage, acc) in zip(
             out["runs"].items(), out["after"].items(), strict=True
         ):
             st = _series_stats(folder)
+            ev = out.get("eval", {}).get(label)
+            avg, greedy = (f"{ev['avg_at_k']:.3f}", f"{ev['greedy']:.3f}") if ev else ("", "")
             rows.append(
-                f"| {label} | {out['before']:.3f} -> {acc:.3f} ({stage}) | "
+                f"| {label} | {out['before']:.3f} -> {acc:.3f} ({stage}) | {avg} | {greedy} | "
                 f"{st['val_entropy_first']:.3f} -> {st['val_entropy']:.3f} | "
                 f"{st['max_grad_norm']:.3f} | {st['kl_to_base']:.4f} | {st['val_acc']:.3f} | "
                 f"{out['minutes']:.1f} |"
@@ -129,25 +151,49 @@ def main() -> None:
     ap.add_argument("--num-layers", type=int, default=16, help="LoRA layers, -1 for all")
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--test-problems", type=int, default=64)
+    ap.add_argument(
+        "--eval-samples", type=int, default=4, help="k of avg@k after training, 0 to skip"
+    )
     ap.add_argument("--then-grpo", type=int, default=0, help="GRPO iterations after SFT / GFT")
+    ap.add_argument(
+        "--wrong-experts",
+        type=float,
+        default=0.0,
+        help="built-in task with this share of training answers wrong (an arithmetic slip)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="why_gft_runs")
     args = ap.parse_args()
+    if args.wrong_experts:
+        if args.data:
+            ap.error("--wrong-experts changes the built-in task: leave out --data")
+        args.data = str(
+            write_dataset(Path(args.out) / "data", seed=args.seed, wrong_experts=args.wrong_experts)
+        )
 
     outcomes = {}
     for method in args.methods.split(","):
         grpo = args.then_grpo if method.split("+")[-1] in ("sft", "gft") else 0
         outcomes[method] = train_method(method, args, grpo)
+    base = None
+    if args.eval_samples:
+        print(f"\n=== avg@{args.eval_samples} and greedy on the held-out problems ===", flush=True)
+        base = held_out(args, None)
+        for out in outcomes.values():
+            out["eval"] = {label: held_out(args, folder) for label, folder in out["runs"].items()}
     # One curve per method: a staged method's stages joined end to end.
     curves = {name: chain_stages(list(out["runs"].values())) for name, out in outcomes.items()}
     out_dir = Path(args.out)
-    summary = table(outcomes)
+    summary = table(outcomes, base, args.eval_samples)
     (out_dir / "summary.md").write_text(summary + "\n")
     (out_dir / "summary.json").write_text(
         json.dumps(
             {
-                k: {**v, "runs": {n: str(p) for n, p in v["runs"].items()}}
-                for k, v in outcomes.items()
+                "base": base,
+                **{
+                    k: {**v, "runs": {n: str(p) for n, p in v["runs"].items()}}
+                    for k, v in outcomes.items()
+                },
             },
             indent=1,
         )  # fmt: skip

@@ -26,6 +26,7 @@ def run(config: TrainConfig, log=print) -> dict:
         quiet,
         setup_trainable,
         stage_finished,
+        stage_iterations,
         train,
     )
 
@@ -88,7 +89,9 @@ def run(config: TrainConfig, log=print) -> dict:
         setup_trainable(model, config)
         held_out("before")
         results["reports"] = []
+        offset = 0  # each stage goes on through the data where the last one stopped
         for n, stage in enumerate(stages, start=1):
+            stage_offset, offset = offset, offset + stage_iterations(stage, sets["train"])
             if len(stages) > 1:
                 if config.resume and stage_finished(stage):
                     log(f"Stage {n}/{len(stages)} ({stage.loss}) is finished: loading its adapters")
@@ -100,7 +103,9 @@ def run(config: TrainConfig, log=print) -> dict:
                 log(f"Stage {n}/{len(stages)}: --loss {stage.loss} -> {stage.adapter_path}")
             else:
                 log(f"Training with --loss {config.loss}")
-            results["reports"] += train(model, tokenizer, stage, sets["train"], sets["valid"], log)
+            results["reports"] += train(
+                model, tokenizer, stage, sets["train"], sets["valid"], log, stage_offset
+            )
             if len(stages) > 1:
                 held_out(f"after stage {n} ({stage.loss})")
         if len(stages) > 1 and lead:

@@ -405,6 +405,12 @@ def expert_stats(model, examples: list[Example], batch_size: int) -> dict:
 # --------------------------------------------------------------------------------------
 
 
+def stage_iterations(config: TrainConfig, train_set: list[Example]) -> int:
+    """Iterations `train` runs for `config` on `train_set`."""
+    lengths = [len(e.prompt) + len(e.expert) for e in train_set]
+    return num_iterations(config, len(length_batches(lengths, config.batch_size)))
+
+
 def num_iterations(config: TrainConfig, batches_per_epoch: int) -> int:
     if config.epochs is not None:
         return max(1, math.ceil(config.epochs * batches_per_epoch))
@@ -585,9 +591,14 @@ def train(
     train_set: list[Example],
     valid_set: list[Example],
     log=print,
+    data_offset: int = 0,
 ) -> list[dict]:
     """Train `model` in place (its trainable layers must already be set up); returns the
-    reported metrics. Adapters, checkpoints and metrics.jsonl go to config.adapter_path."""
+    reported metrics. Adapters, checkpoints and metrics.jsonl go to config.adapter_path.
+
+    data_offset: batches already used by earlier stages. Iteration i trains on the data
+    (and sampling seed) of iteration data_offset + i, so a later stage goes on through
+    the data instead of seeing the earlier stage's prompts again."""
     if not train_set:
         raise ValueError("the training set is empty")
     group = mx.distributed.init()
@@ -643,9 +654,10 @@ def train(
             for it in range(start, total_iters):
                 tic = time.perf_counter()
                 # Resumable: the seed depends only on the iteration (and differs per rank).
-                seed = (config.seed * 1_000_003 + it) * group.size() + group.rank()
+                step = data_offset + it
+                seed = (config.seed * 1_000_003 + step) * group.size() + group.rank()
                 mx.random.seed(seed)
-                picked = distributed.shard(batch_indices(batches, it, config.seed), group)
+                picked = distributed.shard(batch_indices(batches, step, config.seed), group)
                 try:
                     groups, adv, row = rollout(
                         model, tokenizer, [train_set[i] for i in picked], config, reward_fns, seed

@@ -174,3 +174,29 @@ def test_project_verifier_accepts_every_expert_solution():
                 prompt=row["prompt"], completion=row["completion"], answer=row["answer"]
             )
             assert got == 1.0, row
+
+
+@pytest.mark.parametrize("level", [1, 3, 5])
+def test_wrong_experts_slip_the_last_result_of_a_fixed_share_of_train_rows(level):
+    from mlx_gft.rewards import math_reward
+
+    clean = make_dataset(200, 20, 30, seed=4, difficulty=level)
+    noisy = make_dataset(200, 20, 30, seed=4, difficulty=level, wrong_experts=0.25)
+    assert noisy["valid"] == clean["valid"] and noisy["test"] == clean["test"]
+    slipped = 0
+    for c, n in zip(clean["train"], noisy["train"], strict=True):
+        assert (n["prompt"], n["answer"]) == (c["prompt"], c["answer"])
+        if n == c:
+            continue
+        slipped += 1
+        got = int(extract_answer(n["completion"]))
+        assert 1 <= abs(got - int(c["answer"])) <= 2 and got > 0
+        # Only the last equation's result changes; the steps before it stay right.
+        assert _EQ.findall(n["completion"])[:-1] == _EQ.findall(c["completion"])[:-1]
+        assert math_reward(prompt=n["prompt"], completion=n["completion"], answer=n["answer"]) == 0
+    assert slipped == 50
+
+
+def test_wrong_experts_out_of_range_rejected():
+    with pytest.raises(ValueError, match="wrong_experts must be in"):
+        make_dataset(10, 0, 0, wrong_experts=1.5)

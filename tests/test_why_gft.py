@@ -18,13 +18,19 @@ def test_why_gft_writes_the_table_and_plots(tiny_model, arithmetic_data, tmp_pat
     cmd += ["--methods", "sft,dft,sft+gft", "--then-grpo", "1", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = (out / "summary.md").read_text().splitlines()
-    labels = [r.split("|")[1].strip() for r in rows[2:]]
+    rows = [r.split("|")[1:-1] for r in (out / "summary.md").read_text().splitlines()]
+    labels = [r[0].strip() for r in rows[2:]]
     assert labels == [
-        "sft: 1-sft", "sft: 2-grpo", "dft", "sft+gft: 1-sft", "sft+gft: 2-gft", "sft+gft: 3-grpo",
+        "base", "sft: 1-sft", "sft: 2-grpo", "dft", "sft+gft: 1-sft", "sft+gft: 2-gft",
+        "sft+gft: 3-grpo",
     ]  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"sft", "dft", "sft+gft"}
+    assert set(summary) == {"base", "sft", "dft", "sft+gft"}
+    # Every run, and the base, has avg@4 and greedy accuracy on the 8 test problems.
+    for r in rows[2:]:
+        for cell, n in ((r[2], 32), (r[3], 8)):  # avg@4: 32 answers; greedy: 8
+            assert 0 <= float(cell) <= 1 and abs(float(cell) * n - round(float(cell) * n)) < 0.05, r
+    assert f"{summary['sft']['eval']['sft: 2-grpo']['greedy']:.3f}" == rows[4][3].strip()
     assert summary["sft+gft"]["before"] == summary["sft"]["before"]  # same start and test set
     for png in ("val_entropy", "grad_norm", "kl_to_base", "val_acc"):
         assert (out / "plots" / f"{png}.png").stat().st_size > 1000

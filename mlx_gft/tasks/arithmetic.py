@@ -258,25 +258,51 @@ def _split(rng: random.Random, n: int, d: Difficulty, taken: set[str]) -> list[d
     return rows
 
 
+def with_slip(row: dict, rng: random.Random) -> dict:
+    """The row with an arithmetic slip in its worked solution: the last result (and so
+    the stated answer) is off by 1 or 2. ``answer`` keeps the true value, so a verifier
+    scores the expert answer as wrong, as it would a mistake in a real dataset."""
+    true = int(row["answer"])
+    tail = f"= {true}. The answer is {true}."
+    if not row["completion"].endswith(tail):
+        raise ValueError(f"not a solution this task wrote: {row['completion']!r}")
+    wrong = true + rng.choice([d for d in (-2, -1, 1, 2) if true + d > 0])
+    head = row["completion"][: -len(tail)]
+    return dict(row, completion=f"{head}= {wrong}. The answer is {wrong}.")
+
+
 def make_dataset(
     n_train: int = 1000,
     n_valid: int = 100,
     n_test: int = 200,
     seed: int = 0,
     difficulty: int | Difficulty = DEFAULT_LEVEL,
+    wrong_experts: float = 0.0,
 ) -> dict[str, list[dict]]:
     """Train/valid/test splits with no question text shared between (or within) them.
 
     Each split draws from its own seeded stream and test is drawn first, then valid,
     then train: the test set for a given seed and difficulty stays the same whatever
     n_train is, so evaluations stay comparable when the training set grows.
+
+    wrong_experts: the fraction of training rows whose worked solution has an
+    arithmetic slip (`with_slip`); the questions stay the same as with 0, and valid and
+    test stay clean. Real expert data has mistakes: SFT imitates them, GFT's verifier
+    gives them a negative advantage.
     """
+    if not 0.0 <= wrong_experts <= 1.0:
+        raise ValueError(f"wrong_experts must be in [0, 1], got {wrong_experts}")
     d = resolve_difficulty(difficulty)
     taken: set[str] = set()
     out: dict[str, list[dict]] = {}
     for split, n in (("test", n_test), ("valid", n_valid), ("train", n_train)):
         rng = random.Random(f"mlx_gft.arithmetic/{seed}/{split}")
         out[split] = _split(rng, n, d, taken)
+    if wrong_experts:
+        rng = random.Random(f"mlx_gft.arithmetic/{seed}/wrong")
+        picked = rng.sample(range(n_train), round(wrong_experts * n_train))
+        for i in sorted(picked):
+            out["train"][i] = with_slip(out["train"][i], rng)
     return {"train": out["train"], "valid": out["valid"], "test": out["test"]}
 
 
@@ -287,11 +313,12 @@ def write_dataset(
     n_test: int = 200,
     seed: int = 0,
     difficulty: int | Difficulty = DEFAULT_LEVEL,
+    wrong_experts: float = 0.0,
 ) -> Path:
     """Write train.jsonl, valid.jsonl and test.jsonl (mlx-lm's layout) into `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    splits = make_dataset(n_train, n_valid, n_test, seed=seed, difficulty=difficulty)
+    splits = make_dataset(n_train, n_valid, n_test, seed, difficulty, wrong_experts)
     for split, rows in splits.items():
         with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for row in rows:

@@ -1,0 +1,32 @@
+"""The sampling benchmarks still run (on the tiny model; their figures are not checked)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(*argv: str) -> str:
+    done = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=300, cwd=BENCH
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_sampling_benchmark_methods_generate_the_same_tokens():
+    # The script asserts every method produced B*K*max_tokens tokens.
+    out = _run("sampling.py", "--repeats", "1", "--max-tokens", "8", "--methods",
+               "ours,batch_gen,per_prompt,bg_shared,model_only")  # fmt: skip
+    rows = [line.split()[0] for line in out.splitlines()[-5:]]
+    assert rows == ["ours", "batch_gen", "per_prompt", "bg_shared", "model_only"]
+
+
+def test_decode_step_breakdown_prints_every_part():
+    out = _run("decode_step.py", "--rows", "4", "--context", "16")
+    for part in ("model decode step, 4 rows", "LM head", "compiled step", "our sampling step"):
+        assert part in out
