@@ -24,6 +24,7 @@ from mlx_gft.job import run
 from mlx_gft.plots import chain_stages, plot_runs, read_metrics
 from mlx_gft.tasks import write_dataset
 
+MAX_TOKENS = 64  # per answer, in training samples and held-out evaluation alike
 PLOTTED = ("val_entropy", "grad_norm", "kl_to_base", "reward_sampled", "val_acc", "val_loss")
 
 
@@ -41,7 +42,7 @@ def options(args: argparse.Namespace) -> dict:
         group_size=args.group_size,
         tau=0.5,
         temperature=1.0,
-        max_completion_length=64,
+        max_completion_length=MAX_TOKENS,
         mask_truncated=True,
         steps_per_report=1,
         steps_per_eval=args.eval_every,
@@ -84,7 +85,7 @@ def train_method(name: str, args: argparse.Namespace, then_grpo: int) -> dict:
 
 def held_out(args: argparse.Namespace, adapters: Path | None) -> dict:
     """avg@k at T=1 and greedy accuracy on the same test problems the runs report."""
-    argv = ["--split", "test", "--limit", str(args.test_problems), "--max-tokens", "64"]
+    argv = ["--split", "test", "--limit", str(args.test_problems), "--max-tokens", str(MAX_TOKENS)]
     argv += ["--samples", str(args.eval_samples), "--seed", str(args.seed)]
     options = {"--model": args.model, "--data": args.data, "--adapter-path": adapters}
     for flag, value in options.items():

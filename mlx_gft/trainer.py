@@ -405,10 +405,15 @@ def expert_stats(model, examples: list[Example], batch_size: int) -> dict:
 # --------------------------------------------------------------------------------------
 
 
+def train_batches(config: TrainConfig, train_set: list[Example]) -> list[np.ndarray]:
+    """The batches `train` draws from, one epoch's worth."""
+    lengths = [len(e.prompt) + len(e.expert) for e in train_set]
+    return length_batches(lengths, config.batch_size)
+
+
 def stage_iterations(config: TrainConfig, train_set: list[Example]) -> int:
     """Iterations `train` runs for `config` on `train_set`."""
-    lengths = [len(e.prompt) + len(e.expert) for e in train_set]
-    return num_iterations(config, len(length_batches(lengths, config.batch_size)))
+    return num_iterations(config, len(train_batches(config, train_set)))
 
 
 def num_iterations(config: TrainConfig, batches_per_epoch: int) -> int:
@@ -624,7 +629,7 @@ def train(
     if not probe and lead:
         probe = make_probe(model, tokenizer, valid_set or train_set, config)
     stepper = Stepper(model, optimizer, config, group)
-    batches = length_batches([len(e.prompt) + len(e.expert) for e in train_set], config.batch_size)
+    batches = train_batches(config, train_set)
     total_iters = num_iterations(config, len(batches))
     report = _Reporter(config, log, enabled=lead)
     reports, window, trained_tokens = [], [], 0
