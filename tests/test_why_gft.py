@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from mlx_gft.tasks.arithmetic import is_correct
+
 pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "why_gft.py"
 
 
-def test_why_gft_writes_the_table_and_plots(tiny_model, arithmetic_data, tmp_path):
+def test_why_gft_writes_the_table_and_plots(tiny_model, tmp_path):
     out = tmp_path / "why"
-    cmd = [sys.executable, str(SCRIPT), "--model", str(tiny_model), "--data", str(arithmetic_data)]
+    # No --data: the demo's default, the built-in task with 30% of expert answers wrong.
+    cmd = [sys.executable, str(SCRIPT), "--model", str(tiny_model)]
     cmd += ["--iters", "2", "--test-problems", "8", "--eval-every", "1", "--num-layers", "-1"]
     cmd += ["--methods", "sft,dft,sft+gft", "--then-grpo", "1", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -25,7 +28,10 @@ def test_why_gft_writes_the_table_and_plots(tiny_model, arithmetic_data, tmp_pat
         "sft+gft: 3-grpo",
     ]  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"base", "sft", "dft", "sft+gft"}
+    assert set(summary) == {"wrong_experts", "base", "sft", "dft", "sft+gft"}
+    train = [json.loads(x) for x in (out / "data" / "train.jsonl").open()]
+    wrong = sum(not is_correct(r["completion"], r["answer"]) for r in train)
+    assert summary["wrong_experts"] == 0.3 and wrong == round(0.3 * len(train)), wrong
     # Every run, and the base, has avg@4 and greedy accuracy on the 8 test problems.
     for r in rows[2:]:
         for cell, n in ((r[2], 32), (r[3], 8)):  # avg@4: 32 answers; greedy: 8
