@@ -175,10 +175,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.wrong_experts is None:
         args.wrong_experts = 0.0 if args.data else DEMO_WRONG_EXPERTS
+    noisy = f"Built-in task, {args.wrong_experts:.0%} of training answers wrong"
     if args.wrong_experts:
         if args.data:
             ap.error("--wrong-experts changes the built-in task: leave out --data")
-        print(f"Built-in task, {args.wrong_experts:.0%} of training answers wrong", flush=True)
+        print(noisy, flush=True)
         args.data = str(
             write_dataset(Path(args.out) / "data", seed=args.seed, wrong_experts=args.wrong_experts)
         )
@@ -212,7 +213,7 @@ def main() -> None:
         )  # fmt: skip
     )
     if args.wrong_experts:
-        print(f"\nBuilt-in task, {args.wrong_experts:.0%} of training answers wrong")
+        print("\n" + noisy)
     print("\n" + summary)
     try:
         for path in plot_runs(curves, out_dir / "plots", PLOTTED):
