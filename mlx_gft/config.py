@@ -63,7 +63,11 @@ class TrainConfig:
     learning_rate: float = opt(1e-5, "peak learning rate")
     steps_per_report: int = opt(10, "iterations between report lines")
     steps_per_eval: int = opt(200, "iterations between validations")
-    grad_accumulation_steps: int = opt(1, "micro-batches per optimizer update")
+    grad_accumulation_steps: int = opt(1, "split each update into at least this many parts")
+    micro_batch_size: int = opt(
+        0, "rows per forward/backward, evaluated one after another (0 = batch_size)"
+    )
+    micro_batch_tokens: int = opt(0, "also cap rows x padded length per micro-batch (0 = no cap)")
     resume_adapter_file: str | None = opt(None, "start from these adapter weights")
     resume: bool = opt(False, "continue the run in --adapter-path from its last checkpoint")
     adapter_path: str = opt("adapters", "where adapters and checkpoints go")
@@ -89,7 +93,11 @@ class TrainConfig:
     temperature: float = opt(1.0, "sampling temperature")
     top_p: float = opt(1.0, "sampling nucleus")
     max_completion_length: int = opt(256, "new tokens per sample")
-    mask_truncated: bool = opt(False, "no loss on samples cut off by max_completion_length")
+    mask_truncated: bool = opt(
+        True,
+        "no loss on samples cut off by max_completion_length (they still count in "
+        "their group's reward statistics)",
+    )
     reward: list[str] | None = opt(
         None, "reward names or file.py:function (default: math if rows have answers, else f1)"
     )
@@ -153,6 +161,11 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("micro_batch_size", "micro_batch_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"{name} must be 0 (automatic) or more, got {getattr(self, name)}"
+                )
         dtypes = (None, "float32", "bfloat16", "float16", "keep-quantized")
         if self.model_dtype not in dtypes:
             raise ConfigError(f"model_dtype: {self.model_dtype!r} is not one of {dtypes[1:]}")

@@ -176,10 +176,13 @@ def tokenize_rows(
     long_prompts: str = "error",
     log=print,
 ) -> list[Example]:
-    """Tokenize validated rows. A prompt not shorter than `max_seq_length` is an error,
-    or per `long_prompts` is skipped or truncated to its last max_seq_length // 2 tokens
-    (the end of a chat prompt holds the question and the assistant header)."""
-    examples, long = [], []
+    """Tokenize validated rows. A row longer than `max_seq_length` is an error, or per
+    `long_prompts` is skipped or truncated: a prompt to its last max_seq_length // 2
+    tokens (the end of a chat prompt holds the question and the assistant header), an
+    expert answer to the room left (SFT trains on the cut answer, as mlx_lm.lora does;
+    GFT leaves it out of the group, where the verifier would score its lost ending).
+    Teacher answers longer than the room are dropped with their texts."""
+    examples, long, long_answers = [], [], []
     for where, row in rows:
         if row["text"] is not None:
             if needs_prompt:
@@ -220,16 +223,59 @@ def tokenize_rows(
             prompt = ex.prompt = prompt[-(max_seq_length // 2) :]
         room = max_seq_length - len(prompt)
         if len(ex.expert) > room:
+            long_answers.append((where, len(prompt) + len(ex.expert)))
+            if long_prompts == "error":
+                raise DataError(
+                    where,
+                    f"prompt + answer is {len(prompt) + len(ex.expert)} tokens, longer than "
+                    f"--max-seq-length {max_seq_length} (or pass --long-prompts skip|truncate)",
+                )
+            if long_prompts == "skip":
+                continue
             ex.expert, ex.expert_truncated = ex.expert[:room], True
-        ex.teachers = [t for t in ex.teachers if len(t) <= room]
+        kept = [
+            (t, text)
+            for t, text in zip(ex.teachers, ex.teacher_texts, strict=True)
+            if len(t) <= room
+        ]
+        ex.teachers, ex.teacher_texts = [t for t, _ in kept], [text for _, text in kept]
         examples.append(ex)
+    skipped = long_prompts == "skip"
     if long:
-        action = "skipped" if long_prompts == "skip" else f"cut to {max_seq_length // 2} tokens"
+        action = "skipped" if skipped else f"cut to {max_seq_length // 2} tokens"
         log(
             f"Warning: {len(long)} prompt(s) not shorter than --max-seq-length {max_seq_length} "
             f"{action} (first: {long[0][0]}, {long[0][1]} tokens)"
         )
+    if long_answers:
+        action = (
+            "skipped" if skipped else "answers cut (SFT/DFT train on the cut; GFT leaves it out)"
+        )
+        log(
+            f"Warning: {len(long_answers)} row(s) longer than --max-seq-length "
+            f"{max_seq_length}: {action} (first: {long_answers[0][0]}, "
+            f"{long_answers[0][1]} tokens)"
+        )
     return examples
+
+
+def check_answers_consistent(rows: list[tuple[str, dict]], verifier: str | None = None) -> None:
+    """Before the model loads. With a verifier reward every row needs its `answer`;
+    with the default reward, rows with `answer` and rows without it in one split would
+    silently make it token F1 for the whole run. Stop, naming the first row without."""
+    having = [where for where, row in rows if row.get("answer") is not None]
+    missing = [where for where, row in rows if row.get("answer") is None]
+    if verifier and missing:
+        raise DataError(
+            f"{missing[0]}: field 'answer'",
+            f"missing; the {verifier!r} reward needs the ground truth of every row",
+        )
+    if having and missing:
+        raise DataError(
+            f"{missing[0]}: field 'answer'",
+            f"missing, but {len(having)} other row(s) have it (first: {having[0]}); give "
+            "every row its ground-truth answer, or none (then the reward is token F1)",
+        )
 
 
 def _hub_rows(data_id: str, split: str) -> list[tuple[str, dict]]:

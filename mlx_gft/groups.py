@@ -39,20 +39,22 @@ def build_groups(
     group_size: int,
     teacher_count: int,
     include_offpolicy: bool = True,
+    keep_truncated_expert: bool = False,
 ) -> Groups:
     """Groups for a batch of prompts; samples ordered prompt after prompt, K each.
 
     `include_offpolicy=False` gives GRPO's groups (self-samples only). A truncated
     expert would lose its final answer and be pushed down by the verifier, so it is left
-    out (the reference code keeps it: spec section 9).
+    out (the reference code keeps it: spec section 9); SFT/DFT
+    (`keep_truncated_expert`) train on it, as mlx_lm.lora trains on a cut row.
     """
     members, sizes, missing = [], [], 0
     for i, ex in enumerate(examples):
         group = []
         if include_offpolicy:
-            if not ex.expert_truncated:
+            if keep_truncated_expert or not ex.expert_truncated:
                 group.append(Member(ex.prompt, ex.expert, "expert", ex.expert_text, ex))
-            teachers = list(zip(ex.teachers, ex.teacher_texts, strict=False))[: teacher_count - 1]
+            teachers = list(zip(ex.teachers, ex.teacher_texts, strict=True))[: teacher_count - 1]
             missing += max(teacher_count - 1 - len(teachers), 0)
             group += [Member(ex.prompt, t, "teacher", text, ex) for t, text in teachers]
         for s in samples[i * group_size : (i + 1) * group_size]:

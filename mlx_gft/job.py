@@ -18,6 +18,7 @@ def run(config: TrainConfig, log=print) -> dict:
     from .gguf import resolve_model_path
     from .trainer import (
         SAMPLED_LOSSES,
+        VERIFIERS,
         check_answers,
         check_distributed,
         default_rewards,
@@ -42,10 +43,17 @@ def run(config: TrainConfig, log=print) -> dict:
     # Every row is parsed and checked before the (slow) model load.
     log(f"Loading data {config.data or '(built-in arithmetic task)'}")
     splits = data_lib.load_splits(config.data)
+    stages = stage_configs(config)
+    chosen = [s.reward for s in stages if s.reward] if config.train else []
+    verifier = next((r for specs in chosen for r in specs if r in VERIFIERS), None)
+    if verifier:
+        data_lib.check_answers_consistent(splits["train"], verifier)
+    elif not chosen:  # the default reward follows the rows: it must not flip silently
+        for rows in splits.values():
+            data_lib.check_answers_consistent(rows)
     model_path = resolve_model_path(config.model, config.model_dtype)
     log(f"Loading model {config.model or 'SmolLM2-135M-Instruct (embedded default)'}")
     model, tokenizer = load(model_path)
-    stages = stage_configs(config)
     needs_prompt = any(c.loss in SAMPLED_LOSSES for c in stages)
     sets = {
         name: data_lib.tokenize_rows(

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f"{f.metadata['help']} (default: {default})"
         if hints[f.name] is bool:
-            parser.add_argument(flag, action="store_true", help=help_text)
+            # --x / --no-x: the command line can switch off what a YAML file switched on.
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
             continue
         tp, nargs = _arg_type(hints[f.name])
         parser.add_argument(flag, type=tp, nargs=nargs, help=help_text, metavar=f.name.upper())

@@ -11,13 +11,17 @@ import mlx.core as mx
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
-def aggregate(values: mx.array, mask: mx.array, agg: str = "token-mean") -> mx.array:
+def aggregate(
+    values: mx.array, mask: mx.array, agg: str = "token-mean", norm: int | None = None
+) -> mx.array:
     """Reduce per-token values (B, T) to a scalar with verl's aggregation modes.
 
     token-mean: sum over all unmasked tokens / their count (the GFT reference).
     seq-mean-token-mean: each sequence's token mean, averaged over sequences.
-    seq-mean-token-sum-norm: sum over all tokens / T (Dr. GRPO as verl writes it: a
-    constant divisor, so long answers are not down-weighted).
+    seq-mean-token-sum-norm: each sequence's token sum / `norm`, averaged over
+    sequences (Dr. GRPO): `norm` is a constant, the longest answer the run allows
+    (max_completion_length), so neither long answers nor a batch of short ones change
+    the loss's scale. Without `norm`, T (this batch's padded width) stands in.
     """
     mask = mask.astype(values.dtype)
     total = values * mask
@@ -27,7 +31,7 @@ def aggregate(values: mx.array, mask: mx.array, agg: str = "token-mean") -> mx.a
         per_seq = total.sum(axis=-1) / mx.maximum(mask.sum(axis=-1), 1)
         return per_seq.mean()
     if agg == "seq-mean-token-sum-norm":
-        return total.sum() / values.shape[-1]
+        return total.sum(axis=-1).mean() / (norm or values.shape[-1])
     raise ValueError(f"unknown loss aggregation {agg!r}; choose one of {', '.join(AGGREGATIONS)}")
 
 
@@ -52,6 +56,7 @@ def gft_loss(
     advantages: mx.array,
     tau: float,
     agg: str = "token-mean",
+    norm: int | None = None,
 ) -> mx.array:
     """L = -agg(A_i * c_it * log p_it): the GFT objective, advantages (B,) broadcast per token.
 
@@ -59,26 +64,41 @@ def gft_loss(
     """
     dtype = log_probs.dtype
     terms = _gft_terms(log_probs, advantages.astype(dtype), mx.array(tau, dtype))
-    return aggregate(terms, mask, agg)
+    return aggregate(terms, mask, agg, norm)
 
 
-def sft_loss(log_probs: mx.array, mask: mx.array, agg: str = "token-mean") -> mx.array:
+def sft_loss(
+    log_probs: mx.array, mask: mx.array, agg: str = "token-mean", norm: int | None = None
+) -> mx.array:
     """Cross-entropy on the given tokens: -agg(log p)."""
-    return aggregate(-log_probs, mask, agg)
+    return aggregate(-log_probs, mask, agg, norm)
 
 
-def dft_loss(log_probs: mx.array, mask: mx.array, agg: str = "token-mean") -> mx.array:
+def dft_loss(
+    log_probs: mx.array, mask: mx.array, agg: str = "token-mean", norm: int | None = None
+) -> mx.array:
     """Dynamic Fine-Tuning (arXiv 2508.05629): -agg(sg(p) * log p)."""
-    return aggregate(-mx.exp(mx.stop_gradient(log_probs)) * log_probs, mask, agg)
+    return aggregate(-mx.exp(mx.stop_gradient(log_probs)) * log_probs, mask, agg, norm)
+
+
+# verl's bounds for its low-variance KL (kl_penalty "low_var_kl"): one token whose
+# probability moved by e^20 or more must not dominate the metric or the penalty.
+LOG_RATIO_BOUND = 20.0
+KL_TOKEN_BOUND = 10.0
+
+
+def k3(log_ratio: mx.array) -> mx.array:
+    """exp(x) - x - 1 >= 0 per token for x = log(q / p) on tokens drawn from p: an
+    unbiased, never-negative estimate of KL(p || q) (Schulman's k3), with x clamped to
+    +-20 and the result to at most 10, as verl does."""
+    x = mx.clip(log_ratio, -LOG_RATIO_BOUND, LOG_RATIO_BOUND)
+    return mx.minimum(mx.exp(x) - x - 1, KL_TOKEN_BOUND)
 
 
 def kl_to_base(log_probs: mx.array, base_log_probs: mx.array) -> mx.array:
-    """Per-token k3 estimate of KL(pi_base || pi_theta) on tokens sampled from pi_theta.
-
-    exp(b - l) - (b - l) - 1 >= 0, unbiased, the estimator GRPO implementations use.
-    """
-    diff = base_log_probs - log_probs
-    return mx.exp(diff) - diff - 1
+    """Per-token k3 estimate of KL(pi_theta || pi_base) on tokens sampled from pi_theta
+    (the policy being trained): the GRPO penalty. Bounded per token (see `k3`)."""
+    return k3(base_log_probs - log_probs)
 
 
 def grpo_loss(
@@ -91,6 +111,7 @@ def grpo_loss(
     base_log_probs: mx.array | None = None,
     kl_coef: float = 0.0,
     agg: str = "token-mean",
+    norm: int | None = None,
 ) -> mx.array:
     """PPO-clipped policy gradient with group advantages, plus an optional KL to the base.
 
@@ -104,7 +125,7 @@ def grpo_loss(
     terms = -mx.minimum(ratio * adv, clipped * adv)
     if kl_coef and base_log_probs is not None:
         terms = terms + kl_coef * kl_to_base(log_probs, mx.stop_gradient(base_log_probs))
-    return aggregate(terms, mask, agg)
+    return aggregate(terms, mask, agg, norm)
 
 
 def rectified_fraction(log_probs: mx.array, mask: mx.array, tau: float) -> mx.array:

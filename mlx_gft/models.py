@@ -1,4 +1,5 @@
-"""Model helpers on top of mlx-lm: switching LoRA/DoRA adapters off in place."""
+"""Model helpers on top of mlx-lm: switching LoRA/DoRA adapters off in place, and
+evaluation mode (no dropout) for everything that is not the update."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,3 +32,15 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.update_modules(tree_unflatten([(name, mod) for name, mod, _ in layers]))
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """No LoRA dropout inside (sampling, old/base log-probs, KL probe, validation), as
+    mlx_lm.lora evaluates; the model's mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from . import distributed
 from . import rewards as rewards_lib
@@ -32,13 +32,10 @@ from .data import DataError, Example
 from .evaluate import accuracy
 from .groups import KINDS, Groups, build_groups, pad_batch, response_start, reward_inputs
 from .logprobs import token_logprobs
-from .losses import dft_loss, gft_loss, grpo_loss, sft_loss
-from .models import adapters_disabled
+from .losses import k3
+from .models import adapters_disabled, eval_mode
 from .sampling import sample_groups
-
-
-class TrainingStopped(RuntimeError):
-    """Training cannot go on (e.g. too many non-finite steps); the last checkpoint is intact."""
+from .step import Stepper, TrainingStopped, run_updates
 
 
 class TrainingInterrupted(TrainingStopped):
@@ -78,7 +75,12 @@ def setup_trainable(model: nn.Module, config: TrainConfig) -> None:
 def make_optimizer(config: TrainConfig) -> optim.Optimizer:
     from mlx_lm.tuner.utils import build_schedule
 
-    lr = build_schedule(config.lr_schedule) if config.lr_schedule else config.learning_rate
+    lr = config.learning_rate
+    if config.lr_schedule:
+        # Users write schedules in iterations (as for mlx_lm.lora); the optimizer counts
+        # updates, updates_per_batch of them per iteration (skipped ones included).
+        schedule, per_iteration = build_schedule(config.lr_schedule), config.updates_per_batch
+        lr = schedule if per_iteration == 1 else (lambda step: schedule(step // per_iteration))
     cls = {
         "adam": optim.Adam,
         "adamw": optim.AdamW,  # weight decay 0.01 by default, as the reference
@@ -166,125 +168,6 @@ def load_checkpoint(model, optimizer, config: TrainConfig) -> tuple[dict, dict]:
 
 
 # --------------------------------------------------------------------------------------
-# The loss and the step
-# --------------------------------------------------------------------------------------
-
-
-def make_loss(config: TrainConfig):
-    """loss(model, start, tokens, mask, advantages, old_lp, base_lp, metric_rows)
-    -> (loss, [response tokens, metric tokens, entropy sum, rectified tokens])."""
-    temperature = config.temperature if config.loss == "grpo" else 1.0
-
-    def loss_fn(model, start, tokens, mask, advantages, old_lp, base_lp, metric_rows):
-        lp, entropy = token_logprobs(model, tokens, temperature, with_entropy=True, start=start)
-        if config.loss == "gft":
-            loss = gft_loss(lp, mask, advantages, config.tau, config.loss_agg)
-        elif config.loss == "sft":
-            loss = sft_loss(lp, mask, config.loss_agg)
-        elif config.loss == "dft":
-            loss = dft_loss(lp, mask, config.loss_agg)
-        else:
-            loss = grpo_loss(
-                lp,
-                old_lp,
-                mask,
-                advantages,
-                config.clip_eps,
-                base_log_probs=base_lp,
-                kl_coef=config.kl_coef,
-                agg=config.loss_agg,
-            )
-        stat_mask = mask * metric_rows[:, None]
-        p = mx.exp(mx.stop_gradient(lp))
-        stats = mx.stack(
-            [
-                mask.sum(),
-                stat_mask.sum(),
-                (entropy * stat_mask).sum(),
-                ((p <= config.tau) * mask).sum(),
-            ]
-        )
-        return loss, stats
-
-    return loss_fn
-
-
-def _grad_norm(grads) -> mx.array:
-    return mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)))
-
-
-class Stepper:
-    """Compiled loss-and-gradient, plus the eager clip / skip / update around it."""
-
-    def __init__(
-        self, model: nn.Module, optimizer: optim.Optimizer, config: TrainConfig, group=None
-    ):
-        self.model, self.optimizer, self.config = model, optimizer, config
-        self.group = group  # an mx.distributed group: gradients are reduced over its ranks
-        if config.grad_checkpoint:
-            from mlx_lm.tuner.trainer import grad_checkpoint
-
-            grad_checkpoint(model.layers[0])
-        state = [model.state, mx.random.state]
-        loss = make_loss(config)
-        # The model is captured, not passed: compile would see it as a plain dict of arrays.
-        self.value_and_grad = mx.compile(
-            nn.value_and_grad(model, lambda *batch: loss(model, *batch)),
-            inputs=state,
-            outputs=state,
-        )
-        self.skipped = 0
-
-    def _weight(self, batch: tuple, stats: mx.array) -> mx.array:
-        """The loss's divisor for this micro-batch: weighting each micro-batch's gradient by
-        it makes accumulation over micro-batches and ranks equal one big batch."""
-        if self.config.loss_agg == "token-mean":
-            return stats[0]  # its response tokens
-        if self.config.loss_agg == "seq-mean-token-mean":
-            return mx.array(float(batch[0].shape[0]))  # its sequences
-        return mx.array(1.0)  # a constant divisor: plain averaging
-
-    def update(self, micro_batches: list[tuple], start: int = 0) -> dict:
-        """One optimizer update from micro-batches (and, distributed, from every rank's
-        micro-batches); `start` is the first scored target position (`response_start`)."""
-        grads, losses, weights, stats = None, [], [], []
-        for batch in micro_batches:
-            (loss, s), g = self.value_and_grad(start, *batch)
-            w = self._weight(batch, s)
-            g = tree_map(lambda x, w=w: x * w, g)
-            grads = g if grads is None else tree_map(mx.add, grads, g)
-            losses.append(loss * w)
-            weights.append(w)
-            stats.append(s)
-        total = mx.stack([mx.stack(losses).sum(), mx.stack(weights).sum()])
-        if self.group is not None and self.group.size() > 1:
-            grads = distributed.sum_gradients(grads, self.group)
-            total = mx.distributed.all_sum(total, group=self.group, stream=mx.cpu)
-        denominator = mx.maximum(total[1], 1e-12)
-        grads = tree_map(lambda g: g / denominator, grads)
-        loss = total[0] / denominator
-        norm = _grad_norm(grads)
-        mx.eval(loss, norm, grads)
-        out = {"loss": loss.item(), "grad_norm": norm.item(), "stats": mx.stack(stats).sum(0)}
-        if not (math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"])):
-            self.skipped += 1
-            out["skipped"] = 1
-            if self.skipped >= self.config.max_skipped_steps:
-                raise TrainingStopped(
-                    f"{self.skipped} consecutive steps had a non-finite loss or gradient; "
-                    "stopping. Lower the learning rate or check the data; the last "
-                    "checkpoint is intact."
-                )
-            return out
-        self.skipped = 0
-        if self.config.grad_clip > 0 and out["grad_norm"] > self.config.grad_clip:
-            grads = tree_map(lambda g: g * (self.config.grad_clip / out["grad_norm"]), grads)
-        self.optimizer.update(self.model, grads)
-        mx.eval(self.model.parameters(), self.optimizer.state)
-        return out
-
-
-# --------------------------------------------------------------------------------------
 # Data order, probes and evaluation helpers
 # --------------------------------------------------------------------------------------
 
@@ -315,7 +198,7 @@ def make_probe(model, tokenizer, examples: list[Example], config: TrainConfig) -
     examples = [e for e in examples if e.prompt][: config.probe_size]
     if not examples:
         return {}
-    with adapters_disabled(model):
+    with adapters_disabled(model), eval_mode(model):
         samples = sample_groups(
             model,
             tokenizer,
@@ -336,13 +219,14 @@ def probe_kl(model, probe: dict) -> float:
     """KL(pi_base || pi_theta) per probe answer (sampled from the base), summed over its
     tokens and averaged over answers. The reference sums log pi_base - log pi_theta;
     with r = pi_theta / pi_base, r - 1 - log r has the same expectation under the base
-    but is never negative, so an 8-answer probe does not report a negative KL."""
+    but is never negative, so an 8-answer probe does not report a negative KL; each
+    token's term is bounded (`losses.k3`) so one extreme token cannot dominate."""
     if not probe:
         return float("nan")
     start = probe["tokens"].shape[1] - 1 - probe["mask"].shape[1]
-    lp, _ = token_logprobs(model, probe["tokens"], start=start)
-    log_r = lp - probe["base_lp"]
-    return ((mx.exp(log_r) - 1 - log_r) * probe["mask"]).sum(-1).mean().item()
+    with eval_mode(model):
+        lp, _ = token_logprobs(model, probe["tokens"], start=start)
+    return (k3(lp - probe["base_lp"]) * probe["mask"]).sum(-1).mean().item()
 
 
 VERIFIERS = ("math", "accuracy")
@@ -352,6 +236,15 @@ def default_rewards(config: TrainConfig, examples: list[Example]) -> list[str]:
     if config.reward:
         return config.reward
     return ["math"] if all(e.answer is not None for e in examples) else ["f1"]
+
+
+def reward_origin(config: TrainConfig, specs: list[str]) -> str:
+    """Why this reward, for the run's first lines: a changed default must not go unseen."""
+    if config.reward:
+        return " (--reward)"
+    if specs == ["math"]:
+        return " (the math verifier against each row's 'answer')"
+    return " (token F1 against the expert answer: the rows have no 'answer')"
 
 
 def quiet(*args, **kwargs) -> None:
@@ -422,24 +315,11 @@ def num_iterations(config: TrainConfig, batches_per_epoch: int) -> int:
     return config.iters
 
 
-def _minibatches(groups, config: TrainConfig) -> list[list[list[int]]]:
-    """Member rows split into updates_per_batch updates of grad_accumulation_steps chunks,
-    always along group boundaries (a group's advantages belong together)."""
-    starts = np.cumsum([0] + groups.sizes)
-    group_rows = [list(range(starts[g], starts[g + 1])) for g in range(len(groups.sizes))]
-    updates = np.array_split(np.arange(len(group_rows)), config.updates_per_batch)
-    plan = []
-    for upd in updates:
-        chunks = np.array_split(upd, config.grad_accumulation_steps)
-        plan.append([[r for g in ch for r in group_rows[g]] for ch in chunks if len(ch)])
-    return [u for u in plan if u]
-
-
 SAMPLED_LOSSES = ("gft", "grpo")
 # Per-iteration metrics exchanged between ranks (the same list everywhere); the times
 # go separately, as the slowest rank's (distributed.SLOWEST).
 METRIC_KEYS = [
-    "loss", "grad_norm", "entropy", "rectified_frac", "skipped", "train_tokens",
+    "loss", "grad_norm", "entropy", "rectified_frac", "skipped", "idle_updates", "train_tokens",
     "gen_tokens", "zero_var_frac", "group_size_mean", "sample_acc",
     "truncated_frac", "missing_teachers", "groups", "stop", *(f"reward_{k}" for k in KINDS),
 ]  # fmt: skip
@@ -451,21 +331,20 @@ def rollout(model, tokenizer, examples: list[Example], config: TrainConfig, rewa
     Returns (groups, advantages, metrics). SFT and DFT train on the expert alone.
     """
     if config.loss not in SAMPLED_LOSSES:
-        groups = build_groups(examples, [], 0, teacher_count=1)
+        groups = build_groups(examples, [], 0, teacher_count=1, keep_truncated_expert=True)
         return groups, mx.ones((len(groups.members),)), {}
     tic = time.perf_counter()
-    model.eval()  # no LoRA dropout while sampling
-    samples = sample_groups(
-        model,
-        tokenizer,
-        [e.prompt for e in examples],
-        config.group_size,
-        max_tokens=config.max_completion_length,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        seed=seed,
-    )
-    model.train()
+    with eval_mode(model):  # no LoRA dropout while sampling
+        samples = sample_groups(
+            model,
+            tokenizer,
+            [e.prompt for e in examples],
+            config.group_size,
+            max_tokens=config.max_completion_length,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            seed=seed,
+        )
     row = {
         "sample_time": time.perf_counter() - tic,
         "gen_tokens": sum(len(s.tokens) for s in samples),
@@ -509,39 +388,38 @@ def training_arrays(model, tokenizer, groups: Groups, adv: mx.array, config: Tra
     metric_rows = mx.array((kinds == "sampled") if sampled else np.ones(len(kinds)), mx.float32)
     old_lp = base_lp = mx.zeros(mask.shape)
     if config.loss == "grpo":
-        # The ratio's denominator: the policy that sampled, before this batch's updates.
-        old_lp = mx.stop_gradient(token_logprobs(model, tokens, config.temperature, start=start)[0])
-        if config.kl_coef:
-            with adapters_disabled(model):
-                base_lp = token_logprobs(model, tokens, config.temperature, start=start)[0]
+        old_lp, base_lp = reference_logprobs(model, tokens, start, config, old_lp)
     return start, (tokens, mask, adv, old_lp, base_lp, metric_rows)
 
 
-def run_updates(stepper: "Stepper", groups: Groups, batch: tuple, config: TrainConfig) -> dict:
-    """updates_per_batch optimizer updates over the batch, each from its micro-batches."""
-    start, arrays = batch
-    updates = []
-    for plan in _minibatches(groups, config):
-        micro = []
-        for rows in plan:
-            idx = mx.array(rows)
-            micro.append(tuple(a[idx] for a in arrays))
-        updates.append(stepper.update(micro, start))
-    n_tok, n_stat, ent_sum, rect = sum(u["stats"] for u in updates).tolist()
-    return {
-        "loss": float(np.mean([u["loss"] for u in updates])),
-        "grad_norm": float(max(u["grad_norm"] for u in updates)),
-        "entropy": ent_sum / max(n_stat, 1),
-        "rectified_frac": rect / max(n_tok, 1),
-        "skipped": sum(u.get("skipped", 0) for u in updates),
-        "train_tokens": int(n_tok),
-    }
+def reference_logprobs(model, tokens: mx.array, start: int, config: TrainConfig, zeros):
+    """GRPO's old-policy and base log-probs (zeros where the loss needs none), taken
+    without dropout."""
+    with eval_mode(model):
+        return _reference_logprobs(model, tokens, start, config, zeros)
+
+
+def _reference_logprobs(model, tokens: mx.array, start: int, config: TrainConfig, zeros):
+    old_lp = base_lp = zeros
+    if config.updates_per_batch > 1:
+        # The ratio's denominator: the policy that sampled, before this batch's updates
+        # (with one update per batch the step takes it from the current forward).
+        old_lp = mx.stop_gradient(token_logprobs(model, tokens, config.temperature, start=start)[0])
+    if config.kl_coef:
+        with adapters_disabled(model):
+            base_lp = token_logprobs(model, tokens, config.temperature, start=start)[0]
+    return old_lp, base_lp
 
 
 def validate(model, tokenizer, valid_set: list[Example], config: TrainConfig, reward_fns) -> dict:
     """Expert-answer NLL (comparable across losses) and, with a verifier, sampled accuracy."""
     n = len(valid_set) if config.val_batches < 0 else config.val_batches * config.batch_size
     subset = valid_set[:n]
+    with eval_mode(model):
+        return _validate(model, tokenizer, subset, config, reward_fns)
+
+
+def _validate(model, tokenizer, subset: list[Example], config: TrainConfig, reward_fns) -> dict:
     stats = expert_stats(model, subset, config.batch_size)
     out = {"val_loss": stats["nll"], "val_entropy": stats["entropy"]}
     verifier = next((r.name for r in reward_fns if r.name in VERIFIERS), None)
@@ -618,9 +496,9 @@ def train(
     optimizer = make_optimizer(config)
     reward_fns = ()
     if config.loss in SAMPLED_LOSSES or (valid_set and all(e.answer for e in valid_set)):
-        reward_fns = rewards_lib.load_rewards(
-            default_rewards(config, train_set), config.reward_weights
-        )
+        specs = default_rewards(config, train_set)
+        reward_fns = rewards_lib.load_rewards(specs, config.reward_weights)
+        log(f"Reward: {', '.join(specs)}{reward_origin(config, specs)}")
     start, probe = 0, {}
     if config.resume:
         state, probe = load_checkpoint(model, optimizer, config)
@@ -675,14 +553,11 @@ def train(
                         f"{e}\nThe checkpoint of iteration {it} is saved: fix the reward, then "
                         "continue with --resume."
                     ) from e
-                row.update(
-                    run_updates(
-                        stepper,
-                        groups,
-                        training_arrays(model, tokenizer, groups, adv, config),
-                        config,
-                    )
-                )
+                if groups.members:
+                    start_pos, arrays = training_arrays(model, tokenizer, groups, adv, config)
+                    row.update(run_updates(stepper, groups.sizes, start_pos, arrays, config))
+                else:  # every answer of the batch was left out: nothing to train on
+                    row.update(stepper.idle_iteration())
                 row["train_time"] = time.perf_counter() - tic - row.get("sample_time", 0.0)
                 row["groups"] = len(picked)
                 row["stop"] = float(bool(stop))
@@ -774,7 +649,14 @@ def _summarise(window: list[dict], iteration: int) -> dict:
         values = [r[k] for r in window if k in r]
         if k in ("grad_norm",):
             out[k] = max(values)
-        elif k in ("sample_time", "train_time", "gen_tokens", "train_tokens", "skipped"):
+        elif k in (
+            "sample_time",
+            "train_time",
+            "gen_tokens",
+            "train_tokens",
+            "skipped",
+            "idle_updates",
+        ):
             out[k] = sum(values)
         else:
             out[k] = float(np.mean(values))
@@ -795,7 +677,7 @@ def report_line(r: dict) -> str:
     if "zero_var_frac" in r:
         parts.append(f"Zero-var {r['zero_var_frac']:.2f}")
     parts += [
-        f"Entropy {r['entropy']:.3f}",
+        f"Entropy {r.get('entropy', math.nan):.3f}",
         f"Grad norm {r['grad_norm']:.3f}",
         f"KL {r['kl_to_base']:.4f}",
         f"Learning Rate {r['learning_rate']:.3e}",
@@ -806,4 +688,6 @@ def report_line(r: dict) -> str:
     parts += [f"Train tok/s {r['train_tok_per_sec']:.1f}", f"Peak mem {r['peak_memory_gb']:.3f} GB"]
     if r.get("skipped"):
         parts.append(f"Skipped {r['skipped']}")
+    if r.get("idle_updates"):
+        parts.append(f"Idle updates {r['idle_updates']}")
     return ", ".join(parts)

@@ -11,6 +11,7 @@ from mlx_gft.losses import (
     dft_loss,
     gft_loss,
     grpo_loss,
+    kl_to_base,
     rectified_fraction,
     sft_loss,
 )
@@ -27,7 +28,9 @@ def np_aggregate(values, mask, agg):
         return (values * mask).sum() / mask.sum()
     if agg == "seq-mean-token-mean":
         return ((values * mask).sum(-1) / mask.sum(-1)).mean()
-    return (values * mask).sum() / values.shape[-1]
+    # Dr. GRPO: each answer's token sum over a constant, averaged over answers (the
+    # constant defaults to the padded width when the caller gives none).
+    return (values * mask).sum(-1).mean() / values.shape[-1]
 
 
 def lp():
@@ -61,8 +64,8 @@ def test_gft_loss_value_and_gradient_match_numpy(agg):
         expected = expected / MASK.sum()
     elif agg == "seq-mean-token-mean":
         expected = expected / MASK.sum(-1, keepdims=True) / P.shape[0]
-    else:
-        expected = expected / P.shape[1]
+    else:  # each row's sum over the constant, averaged over the rows
+        expected = expected / P.shape[1] / P.shape[0]
     np.testing.assert_allclose(np.array(grad), expected * unit, rtol=1e-5, atol=1e-7)
 
 
@@ -205,3 +208,33 @@ def test_rectified_fraction_and_aggregate_errors():
     assert frac == pytest.approx(((P <= TAU) * MASK).sum() / MASK.sum())
     with pytest.raises(ValueError, match="token-mean"):
         aggregate(lp(), mx.array(MASK), "mean")
+
+
+def test_seq_mean_token_sum_norm_divides_by_a_constant():
+    """The loss's scale must not depend on how wide this batch happened to be padded,
+    nor on the other answers' lengths: the divisor is max_completion_length."""
+    narrow = gft_loss(lp(), mx.array(MASK), mx.array(ADV), TAU, "seq-mean-token-sum-norm", 16)
+    wide_lp = mx.concatenate([lp(), mx.zeros((2, 4))], axis=1)
+    wide_mask = mx.concatenate([mx.array(MASK), mx.zeros((2, 4))], axis=1)
+    wide = gft_loss(wide_lp, wide_mask, mx.array(ADV), TAU, "seq-mean-token-sum-norm", 16)
+    assert wide.item() == pytest.approx(narrow.item(), rel=1e-6)
+    c = np.where(P <= TAU, P, 1.0)
+    terms = -ADV[:, None] * c * np.log(P) * MASK
+    assert narrow.item() == pytest.approx(terms.sum(-1).mean() / 16, rel=1e-5)
+    unnormed = gft_loss(wide_lp, wide_mask, mx.array(ADV), TAU, "seq-mean-token-sum-norm")
+    assert unnormed.item() != pytest.approx(narrow.item(), rel=1e-3)  # width 8 stood in
+
+
+def test_kl_estimates_are_bounded_for_extreme_tokens():
+    """One token whose log-ratio is +-100 must not dominate: verl's clamps."""
+    lp_theta = mx.array([[0.0, -100.0, -1.0]])
+    lp_base = mx.array([[-100.0, 0.0, -1.0]])
+    kl = np.array(kl_to_base(lp_theta, lp_base))
+    assert np.isfinite(kl).all()
+    assert kl[0, 0] == pytest.approx(10.0)  # e^-20 + 20 - 1 = 19, capped at 10
+    assert kl[0, 1] == pytest.approx(10.0)  # e^20 would be 4.9e8
+    assert kl[0, 2] == 0.0
+    # Away from the bounds it is the plain k3 estimate exp(x) - x - 1.
+    x = 0.3
+    small = kl_to_base(mx.array([[0.0]]), mx.array([[x]])).item()
+    assert small == pytest.approx(np.exp(x) - x - 1, rel=1e-6)

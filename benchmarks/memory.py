@@ -1,0 +1,182 @@
+"""Peak memory and speed of the GFT update at real model shapes, against mlx_lm.lora's
+SFT step on the same prompts and expert answers, side by side in one run.
+
+Random-weight models in the exact shape of Hub models (memory and speed depend on the
+shape, not the weights), float32, LoRA (rank 8) on every layer. Each variant runs in its
+own process, so one's cached buffers do not count against the next:
+
+- mlx_lm-sft-step: `mlx_lm.tuner.trainer.default_loss`, compiled as mlx_lm.lora
+  compiles it, on batch_size rows (prompt + expert answer);
+- gft-one-pass: ONE prompt's K+1 rows in one forward/backward with the full logits
+  tensor (what the update did before micro-batches and the chunked head; the whole
+  batch's batch_size x (K+1) rows that way would not fit this 23 GB machine);
+- gft-default: the batch's batch_size x (K+1) rows through `Stepper.update` at its
+  defaults (micro-batches of batch_size rows, one after another; LM head in chunks).
+
+    python benchmarks/memory.py                          # Qwen2.5-0.5B shape, 2 layers
+    python benchmarks/memory.py --layers 24 --repeats 1  # the whole model
+    python benchmarks/memory.py --shape llama-3.2-1b --layers 2
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from functools import partial
+
+SHAPES = {
+    # config.json of Qwen/Qwen2.5-0.5B-Instruct and meta-llama/Llama-3.2-1B-Instruct.
+    "qwen2.5-0.5b": dict(
+        model_type="qwen2", hidden_size=896, num_hidden_layers=24, intermediate_size=4864,
+        num_attention_heads=14, num_key_value_heads=2, rms_norm_eps=1e-6,
+        vocab_size=151936, rope_theta=1000000.0, tie_word_embeddings=True,
+    ),
+    "llama-3.2-1b": dict(
+        model_type="llama", hidden_size=2048, num_hidden_layers=16, intermediate_size=8192,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
+        vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=True,
+        rope_scaling={
+            "factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192, "rope_type": "llama3",
+        },
+    ),
+}  # fmt: skip
+VARIANTS = ("mlx_lm-sft-step", "gft-one-pass", "gft-default")
+
+
+def build_model(shape: str, layers: int):
+    import mlx.core as mx
+    from mlx_lm.models import llama, qwen2
+
+    values = {**SHAPES[shape], "num_hidden_layers": layers or SHAPES[shape]["num_hidden_layers"]}
+    module = {"qwen2": qwen2, "llama": llama}[values["model_type"]]
+    mx.random.seed(0)
+    model = module.Model(module.ModelArgs(**values))
+    mx.eval(model.parameters())
+    return model
+
+
+def child(args) -> dict:
+    import mlx_gft  # noqa: F401  (OpenBLAS before MLX)
+
+    # isort: split
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+    import numpy as np
+    from mlx_lm.tuner.trainer import default_loss
+
+    from mlx_gft import logprobs
+    from mlx_gft.config import build_config
+    from mlx_gft.groups import pad_batch, response_start
+    from mlx_gft.step import Stepper, run_updates
+    from mlx_gft.trainer import setup_trainable
+
+    model = build_model(args.shape, args.layers)
+    sft_rows = args.batch
+    gft_rows = args.batch * (args.group_size + 1)
+    config = build_config(num_layers=-1, batch_size=args.batch, group_size=args.group_size)
+    setup_trainable(model, config)
+    rng = np.random.default_rng(0)
+    vocab = SHAPES[args.shape]["vocab_size"]
+    prompts = [list(rng.integers(3, vocab, args.prompt_len)) for _ in range(args.batch)]
+    answers = [list(rng.integers(3, vocab, args.answer_len)) for _ in range(gft_rows)]
+    rows = {VARIANTS[0]: sft_rows, VARIANTS[1]: args.group_size + 1}.get(args.variant, gft_rows)
+    pairs = [(prompts[i * args.batch // rows], answers[i]) for i in range(rows)]
+    tokens, mask = pad_batch(pairs)
+
+    if args.variant == VARIANTS[0]:
+        lengths = mx.array([[len(p), len(p) + len(r) - 1] for p, r in pairs])
+        opt = optim.AdamW(learning_rate=1e-5)
+        loss_and_grad = nn.value_and_grad(model, default_loss)
+        state = [model.state, opt.state, mx.random.state]
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def step(batch, lens):
+            (loss, ntoks), grad = loss_and_grad(model, batch, lens)
+            opt.update(model, grad)
+            return loss, ntoks
+
+        def run():
+            loss, _ = step(tokens, lengths)
+            mx.eval(state, loss)
+
+    else:
+        if args.variant == VARIANTS[1]:
+            logprobs.CHUNK_ELEMENTS = 2**62  # the whole logits tensor at once
+            config = build_config(num_layers=-1, batch_size=args.batch, micro_batch_size=gft_rows)
+        start = response_start(mask)
+        mask = mask[:, start:]
+        adv = mx.array(rng.standard_normal(rows).astype(np.float32))
+        zeros = mx.zeros(mask.shape)
+        arrays = (tokens, mask, adv, zeros, zeros, mx.ones((rows,)))
+        stepper = Stepper(model, optim.AdamW(learning_rate=1e-5), config)
+        sizes = [args.group_size + 1] * (rows // (args.group_size + 1))
+
+        def run():
+            run_updates(stepper, sizes, start, arrays, config)
+
+    weights = mx.get_active_memory()
+    run()  # compile and warm up
+    mx.reset_peak_memory()
+    times = []
+    for _ in range(args.repeats):
+        tic = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - tic)
+    sec = float(np.median(times))
+    return {
+        "variant": args.variant,
+        "rows": rows,
+        "trained_tok_per_sec": rows * args.answer_len / sec,
+        "sec_per_step": sec,
+        "peak_gb": mx.get_peak_memory() / 1e9,
+        "weights_gb": weights / 1e9,
+        "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=SHAPES, default="qwen2.5-0.5b")
+    ap.add_argument("--layers", type=int, default=2, help="layers to build, 0 = all")
+    ap.add_argument("--batch", type=int, default=4, help="prompts (mlx_lm: rows)")
+    ap.add_argument("--group-size", type=int, default=8, help="K samples per prompt")
+    ap.add_argument("--prompt-len", type=int, default=100)
+    ap.add_argument("--answer-len", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.variant:
+        print(json.dumps(child(args)))
+        return
+    results = []
+    for variant in args.variants.split(","):
+        cmd = [sys.executable, __file__, "--variant", variant] + sys.argv[1:]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            print(f"{variant}: failed\n{out.stderr[-2000:]}")
+            continue
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    layers = args.layers or SHAPES[args.shape]["num_hidden_layers"]
+    print(
+        f"{args.shape}, {layers} layers, float32, LoRA on all; batch {args.batch}, "
+        f"K = {args.group_size}, prompt {args.prompt_len} / answer {args.answer_len} tokens\n"
+    )
+    head = "| variant | rows | peak GB (MLX) | max RSS GB | trained tok/s | memory | speed |"
+    print(head + "\n" + "|---" * 7 + "|")
+    base = results[0] if results and results[0]["variant"] == VARIANTS[0] else None
+    for r in results:
+        mem = f"{r['peak_gb'] / base['peak_gb']:.2f}x" if base else ""
+        speed = f"{r['trained_tok_per_sec'] / base['trained_tok_per_sec']:.2f}x" if base else ""
+        print(
+            f"| {r['variant']} | {r['rows']} | {r['peak_gb']:.2f} | {r['max_rss_gb']:.2f} | "
+            f"{r['trained_tok_per_sec']:.1f} | {mem} | {speed} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The memory-bounded step: chunked LM head and micro-batches give the same loss and
+gradients as the plain full-batch path."""
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+from mlx_lm import load
+
+from mlx_gft.config import build_config
+from mlx_gft.groups import pad_batch, response_start
+from mlx_gft.logprobs import chunked_logprobs, gather_logprobs, token_logprobs
+from mlx_gft.step import Stepper, make_loss, plan_updates, run_updates
+from mlx_gft.trainer import setup_trainable
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_head_matches_the_full_logits(temperature):
+    mx.random.seed(0)
+    head = nn.Linear(16, 300)
+    head.freeze()
+    hidden = mx.random.normal((3, 7, 16))
+    targets = mx.random.randint(0, 300, (3, 7))
+    weights = mx.random.normal((3, 7))
+
+    def full(h):
+        lp, ent = gather_logprobs(head(h) / temperature, targets, with_entropy=True)
+        return (lp * weights).sum(), (lp, ent)
+
+    def chunked(h):  # 21 positions in chunks of 5: the last chunk is short
+        lp, ent = chunked_logprobs(h, head, targets, temperature, True, 5)
+        return (lp * weights).sum(), (lp, ent)
+
+    (v1, (lp1, e1)), g1 = (
+        mx.value_and_grad(full, has_aux=True)(hidden)
+        if False
+        else (
+            full(hidden),
+            mx.grad(lambda h: full(h)[0])(hidden),
+        )
+    )
+    (v2, (lp2, e2)), g2 = chunked(hidden), mx.grad(lambda h: chunked(h)[0])(hidden)
+    np.testing.assert_allclose(v1.item(), v2.item(), rtol=1e-6)
+    np.testing.assert_allclose(np.array(lp1), np.array(lp2), atol=1e-5)
+    np.testing.assert_allclose(np.array(e1), np.array(e2), atol=1e-5)
+    np.testing.assert_allclose(np.array(g1), np.array(g2), atol=1e-6)
+    compiled = mx.compile(mx.grad(lambda h: chunked(h)[0]))(hidden)
+    np.testing.assert_allclose(np.array(g1), np.array(compiled), atol=1e-6)
+
+
+def _batch(n_rows=6, seed=0):
+    rng = np.random.default_rng(seed)
+    pairs = [
+        (list(rng.integers(3, 200, 35)), list(rng.integers(3, 200, int(rng.integers(4, 40)))))
+        for _ in range(n_rows)
+    ]
+    tokens, mask = pad_batch(pairs)
+    start = response_start(mask)
+    mask = mask[:, start:]
+    adv = mx.array(rng.standard_normal(n_rows).astype(np.float32))
+    old = mx.array(-rng.random(mask.shape).astype(np.float32))
+    return start, (tokens, mask, adv, old, old - 0.1, mx.ones((n_rows,)))
+
+
+def test_token_logprobs_chunked_equals_unchunked_on_a_model(tiny_model):
+    model, _ = load(str(tiny_model))
+    setup_trainable(model, build_config(num_layers=-1))
+    start, (tokens, mask, adv, *_rest) = _batch()
+
+    def loss(chunk):
+        def f(model):
+            lp, _ = token_logprobs(model, tokens, start=start, chunk=chunk)
+            return (lp * mask * adv[:, None]).sum()
+
+        return nn.value_and_grad(model, f)(model)
+
+    (v_full, g_full), (v_chunk, g_chunk) = loss(0), loss(16)
+    np.testing.assert_allclose(v_full.item(), v_chunk.item(), rtol=1e-5)
+    flat_full, flat_chunk = dict(tree_flatten(g_full)), dict(tree_flatten(g_chunk))
+    for k, g in flat_full.items():
+        assert_close(np.array(g), np.array(flat_chunk[k]), k)
+
+
+def assert_close(a: np.ndarray, b: np.ndarray, name: str) -> None:
+    """Float32 sums in another order: equal to 1e-5 relative to the array's scale."""
+    scale = max(1.0, float(np.abs(a).max()))
+    assert np.abs(a - b).max() <= 1e-5 * scale, (name, np.abs(a - b).max(), scale)
+
+
+def _params_after_update(tiny_model, config, start, arrays, sizes):
+    model, _ = load(str(tiny_model))
+    mx.random.seed(0)  # the same LoRA initialisation for every call
+    setup_trainable(model, config)
+    stepper = Stepper(model, optim.SGD(learning_rate=1.0), config)
+    before = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+    metrics = run_updates(stepper, sizes, start, arrays, config)
+    after = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+    # SGD with lr 1: the change is minus the (clipped) gradient.
+    return {k: before[k] - after[k] for k in before}, metrics
+
+
+@pytest.mark.parametrize(
+    "loss,agg",
+    [
+        ("gft", "token-mean"),
+        ("gft", "seq-mean-token-mean"),
+        ("sft", "token-mean"),
+        ("dft", "token-mean"),
+        ("grpo", "token-mean"),
+    ],
+)
+def test_micro_batches_make_the_full_batch_update(tiny_model, loss, agg):
+    start, arrays = _batch()
+    sizes = [3, 3]  # two groups of three members
+    common = dict(num_layers=-1, loss=loss, loss_agg=agg, grad_clip=0.0, batch_size=2)
+    whole, m_whole = _params_after_update(
+        tiny_model, build_config(micro_batch_size=6, **common), start, arrays, sizes
+    )
+    parts, m_parts = _params_after_update(
+        tiny_model, build_config(micro_batch_size=1, **common), start, arrays, sizes
+    )
+    assert m_whole["train_tokens"] == m_parts["train_tokens"]
+    np.testing.assert_allclose(m_whole["loss"], m_parts["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m_whole["entropy"], m_parts["entropy"], rtol=1e-5)
+    for k in whole:
+        assert_close(whole[k], parts[k], k)
+    assert max(np.abs(v).max() for v in whole.values()) > 1e-4  # the update did something
+
+
+def test_micro_batch_plan_respects_rows_tokens_and_groups():
+    sizes = [9, 9, 9, 9]  # batch 4, expert + 8 samples
+    config = build_config(batch_size=4)
+    (update,) = plan_updates(sizes, 300, config)
+    assert [len(m) for m in update] == [4] * 9  # batch_size rows at a time
+    assert sorted(r for m in update for r in m) == list(range(36))
+    config = build_config(batch_size=4, micro_batch_size=9, micro_batch_tokens=1000)
+    assert {len(m) for m in plan_updates(sizes, 300, config)[0]} == {3}  # 1000 // 300
+    config = build_config(batch_size=4, micro_batch_size=64, updates_per_batch=2)
+    assert [[len(m) for m in u] for u in plan_updates(sizes, 300, config)] == [[18], [18]]
+
+
+def test_grpo_with_one_update_needs_no_old_policy_forward(tiny_model):
+    """With one update per sampled batch the ratio is sg(current) / current: the same
+    loss and gradient as a separate old-policy forward gives, without that forward."""
+    start, (tokens, mask, adv, _, base, rows) = _batch()
+    model, _ = load(str(tiny_model))
+    setup_trainable(model, build_config(num_layers=-1))
+    old = mx.stop_gradient(token_logprobs(model, tokens, start=start)[0])
+    results = []
+    for upb in (1, 2):
+        fn = make_loss(build_config(loss="grpo", updates_per_batch=upb, batch_size=2))
+        value_and_grad = nn.value_and_grad(model, lambda *b, fn=fn: fn(model, start, *b)[0])
+        results.append(value_and_grad(tokens, mask, adv, old, base, rows))
+    (v1, g1), (v2, g2) = results
+    np.testing.assert_allclose(v1.item(), v2.item(), rtol=1e-5)
+    for (k, a), (_, b) in zip(tree_flatten(g1), tree_flatten(g2), strict=True):
+        assert_close(np.array(a), np.array(b), k)
