@@ -14,9 +14,10 @@ them: Cut Cross-Entropy's and TRL's chunked-NLL idea). The values are the same.
 import mlx.core as mx
 import mlx.nn as nn
 
-# Logits elements per chunk (float32: 4 bytes each): 2**24 keeps one chunk's logits and
-# its backward temporaries near 0.25 GB at any vocabulary.
-CHUNK_ELEMENTS = 2**24
+# Logits elements per chunk (float32: 4 bytes each). A batch with fewer logits runs the
+# head in one piece: the backward's recomputation costs one more head matmul, worth it
+# only once the logits are large (2**27 floats: 0.5 GB, with its backward about 2 GB).
+CHUNK_ELEMENTS = 2**27
 
 
 def gather_logprobs(
@@ -106,9 +107,11 @@ def chunked_logprobs(
         for a, b in spans:
             hc = h[a:b] if before is None else mx.depends(h[a:b], before)
             z = logits_of(hc)
-            p = mx.exp(z - lse[a:b, None])
-            onehot = mx.arange(z.shape[-1])[None, :] == t[a:b, None]
-            dz = g[a:b, None] * (onehot.astype(mx.float32) - p)
+            # d log p_t / dz = onehot(t) - softmax(z): scale the softmax, then add g at
+            # the targets (a scatter, not a second pass over the vocabulary).
+            gc, tc = g[a:b, None], t[a:b, None]
+            dz = mx.exp(z - lse[a:b, None]) * -gc
+            dz = mx.put_along_axis(dz, tc, mx.take_along_axis(dz, tc, axis=-1) + gc, axis=-1)
             dh = mx.vjp(logits_of, [hc], [dz])[1][0]
             grads.append(dh)
             before = dh

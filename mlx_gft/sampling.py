@@ -60,6 +60,9 @@ class Sample:
     logprobs_t1: list[float]
     finish_reason: FinishReason
     stop_string: str | None = field(default=None, repr=False)
+    # The T=1 policy's entropy at each step (the training metric), from the same exp
+    # pass the draw uses: training need not take a second softmax for it.
+    entropy: list[float] = field(default_factory=list, repr=False)
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,8 @@ def _is_plain(params: SamplingParams) -> bool:
 
 @lru_cache(maxsize=32)
 def _compiled_sampler(params: SamplingParams):
-    """(logits (N, V), row_keys (N, 2), steps (N,)) -> (token, log q, log p_T=1) per row.
+    """(logits (N, V), row_keys (N, 2), steps (N,)) -> (token, log q, log p_T=1, T=1
+    entropy) per row.
 
     Compiled once per sampling setting (the settings are constants of the graph).
     """
@@ -175,7 +179,9 @@ def _compiled_sampler(params: SamplingParams):
         top = logits.max(axis=-1, keepdims=True)
         e = mx.exp(logits - top)
         total = e.sum(axis=-1, keepdims=True)
-        logp_t1 = logits - (top + mx.log(total))
+        log_z = top + mx.log(total)
+        logp_t1 = logits - log_z
+        entropy = log_z[:, 0] - (e * logits).sum(axis=-1) / total[:, 0]
         if params.temperature == 0:
             token = mx.argmax(logits, axis=-1)
             logq = mx.zeros(token.shape, mx.float32)  # greedy: a point mass
@@ -193,7 +199,7 @@ def _compiled_sampler(params: SamplingParams):
             token = draw(probs, u)
             logq = mx.take_along_axis(logq_all, token[:, None], axis=-1)[:, 0]
         chosen_t1 = mx.take_along_axis(logp_t1, token[:, None], axis=-1)[:, 0]
-        return token.astype(mx.uint32), logq, chosen_t1
+        return token.astype(mx.uint32), logq, chosen_t1, entropy
 
     return mx.compile(sample)
 
@@ -264,14 +270,18 @@ class _Row:
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.logprobs_t1: list[float] = []
+        self.entropy: list[float] = []
         self.finish_reason: FinishReason | None = None
         self.stop_string: str | None = None
 
-    def add(self, token: int, logq: float, logp: float, eos: set[int], stops: _StopStrings) -> bool:
+    def add(
+        self, token: int, logq: float, logp: float, ent: float, eos: set[int], stops: _StopStrings
+    ) -> bool:
         """Record one sampled token; True when the row is finished."""
         self.tokens.append(token)
         self.logprobs.append(logq)
         self.logprobs_t1.append(logp)
+        self.entropy.append(ent)
         if token in eos:
             self.finish_reason = "stop"
         elif stops and (hit := stops.match(self.tokens)) is not None:
@@ -404,11 +414,11 @@ def _decode(
             steps = batch.steps + 1
             nxt = sampler(logits, batch.keys, steps)
             mx.async_eval(nxt)
-        tokens, logq, logp = (a.tolist() for a in batch.out)
+        tokens, logq, logp, ent = (a.tolist() for a in batch.out)
         keep = [
             i
             for i, r in enumerate(batch.rows)
-            if not r.add(tokens[i], logq[i], logp[i], eos, stops)
+            if not r.add(tokens[i], logq[i], logp[i], ent[i], eos, stops)
         ]
         if last or not keep:
             batch = None
@@ -551,6 +561,7 @@ def sample_groups(
             logprobs_t1=r.logprobs_t1,
             finish_reason=r.finish_reason or "length",
             stop_string=r.stop_string,
+            entropy=r.entropy,
         )
         for r in rows
     ]

@@ -51,8 +51,12 @@ def make_loss(config: TrainConfig):
     ratio_from_current = config.updates_per_batch == 1
     norm = config.max_completion_length  # seq-mean-token-sum-norm's constant divisor
 
+    # The entropy metric of sampled losses comes from the sampler's softmax; SFT/DFT have
+    # no samples, so their update measures it on the expert answers.
+    with_entropy = config.loss not in ("gft", "grpo")
+
     def loss_fn(model, start, tokens, mask, advantages, old_lp, base_lp, metric_rows):
-        lp, entropy = token_logprobs(model, tokens, temperature, with_entropy=True, start=start)
+        lp, entropy = token_logprobs(model, tokens, temperature, with_entropy, start=start)
         if config.loss == "gft":
             loss = gft_loss(lp, mask, advantages, config.tau, config.loss_agg, norm)
         elif config.loss == "sft":
@@ -71,15 +75,11 @@ def make_loss(config: TrainConfig):
                 agg=config.loss_agg,
                 norm=norm,
             )
-        stat_mask = mask * metric_rows[:, None]
+        stat_mask = mask * metric_rows[:, None] if with_entropy else mx.zeros_like(mask)
+        entropy_sum = (entropy * stat_mask).sum() if with_entropy else mx.array(0.0)
         p = mx.exp(mx.stop_gradient(lp))
         stats = mx.stack(
-            [
-                mask.sum(),
-                stat_mask.sum(),
-                (entropy * stat_mask).sum(),
-                ((p <= config.tau) * mask).sum(),
-            ]
+            [mask.sum(), stat_mask.sum(), entropy_sum, ((p <= config.tau) * mask).sum()]
         )
         return loss, stats
 

@@ -363,6 +363,10 @@ def rollout(model, tokenizer, examples: list[Example], config: TrainConfig, rewa
     if verifier:
         row["sample_acc"] = float(columns[verifier][kinds == "sampled"].mean())
     row["truncated_frac"] = float(np.mean([s.finish_reason == "length" for s in samples]))
+    # The policy's entropy on the sampled tokens the loss trains on, from the sampler.
+    trained = [s for s in samples if not (config.mask_truncated and s.finish_reason == "length")]
+    if any(s.entropy for s in trained):
+        row["entropy"] = float(np.mean([h for s in trained for h in s.entropy]))
     row["missing_teachers"] = groups.missing_teachers
     return groups, adv, row
 

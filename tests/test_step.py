@@ -123,7 +123,8 @@ def test_micro_batches_make_the_full_batch_update(tiny_model, loss, agg):
     )
     assert m_whole["train_tokens"] == m_parts["train_tokens"]
     np.testing.assert_allclose(m_whole["loss"], m_parts["loss"], rtol=1e-5)
-    np.testing.assert_allclose(m_whole["entropy"], m_parts["entropy"], rtol=1e-5)
+    assert ("entropy" in m_whole) == (loss in ("sft", "dft"))  # GFT/GRPO: the sampler's
+    np.testing.assert_allclose(m_whole.get("entropy", 0), m_parts.get("entropy", 0), rtol=1e-5)
     for k in whole:
         assert_close(whole[k], parts[k], k)
     assert max(np.abs(v).max() for v in whole.values()) > 1e-4  # the update did something
@@ -157,3 +158,17 @@ def test_grpo_with_one_update_needs_no_old_policy_forward(tiny_model):
     np.testing.assert_allclose(v1.item(), v2.item(), rtol=1e-5)
     for (k, a), (_, b) in zip(tree_flatten(g1), tree_flatten(g2), strict=True):
         assert_close(np.array(a), np.array(b), k)
+
+
+def test_the_samplers_entropy_is_the_training_forwards(tiny_model):
+    """GFT/GRPO report the policy's entropy on sampled tokens from the sampler's own
+    softmax (at T=1), sparing the training step a second pass over the vocabulary."""
+    from mlx_gft.sampling import sample_groups
+
+    model, tokenizer = load(str(tiny_model))
+    prompt = tokenizer.encode("Tom has 3 apples.")
+    (sample,) = sample_groups(model, tokenizer, [prompt], 1, max_tokens=12, seed=3)
+    tokens, mask = pad_batch([(prompt, sample.tokens)])
+    _, entropy = token_logprobs(model, tokens, with_entropy=True)
+    expected = np.array(entropy)[0][np.array(mask)[0] > 0]
+    np.testing.assert_allclose(sample.entropy, expected, rtol=1e-4, atol=1e-4)
