@@ -3,7 +3,7 @@
 Same model, same LoRA layers, same padded sequences, same optimizer (AdamW):
 - mlx-lm: its `default_loss` (cross-entropy over the completion) in a step compiled the
   way `mlx_lm.tuner.trainer.train` compiles it;
-- mlx_gft: `Stepper.update` with the GFT loss (DCR coefficient, advantages, entropy and
+- mlx_gft: `step.Stepper.update` with the GFT loss (DCR coefficient, advantages, entropy and
   rectified-token statistics), i.e. exactly what `python -m mlx_gft.lora` runs.
 Prints trained tokens/second and peak memory for both and their ratios.
 
@@ -29,7 +29,8 @@ from mlx_lm.tuner.trainer import default_loss
 
 from mlx_gft.config import build_config
 from mlx_gft.groups import pad_batch, response_start
-from mlx_gft.trainer import Stepper, setup_trainable
+from mlx_gft.step import Stepper
+from mlx_gft.trainer import setup_trainable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 

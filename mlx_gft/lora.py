@@ -89,11 +89,11 @@ def out_of_memory_message(error: BaseException, config: TrainConfig | None) -> s
     if not (isinstance(error, MemoryError) or any(m in text for m in OOM_MARKERS)):
         return None
     knobs = (
+        "--micro-batch-size (rows per forward/backward: less memory, same update)",
         "--batch-size (prompts per step)",
         "--group-size (samples per prompt)",
         "--max-completion-length (tokens per sample)",
         "--max-seq-length",
-        "--grad-accumulation-steps (same batch, split in parts)",
         "--grad-checkpoint (recompute activations)",
         "--num-layers (fewer adapted layers)",
     )
@@ -101,7 +101,8 @@ def out_of_memory_message(error: BaseException, config: TrainConfig | None) -> s
     if config is not None:
         now = (
             f" Now: batch {config.batch_size} x group {config.group_size} x "
-            f"{config.max_completion_length} tokens."
+            f"{config.max_completion_length} tokens, micro-batches of "
+            f"{config.micro_batch_size or config.batch_size} rows."
         )
     return (
         f"error: out of memory ({str(error).strip() or type(error).__name__}).{now}\n"

@@ -187,3 +187,28 @@ def test_the_command_line_switches_off_a_yaml_boolean(tmp_path):
     config = parse_config(["-c", str(yaml_file), "--no-mask-truncated", "--no-mask-prompt"])
     assert not config.mask_truncated and not config.mask_prompt
     assert parse_config(["-c", str(yaml_file)]).mask_truncated
+
+
+def test_a_batch_with_nothing_to_train_on_is_skipped_and_counted(tiny_model):
+    """Item 1's last case: every member of the batch is left out of the loss (the expert
+    cut by max_seq_length, the samples cut by max_completion_length and masked): the
+    iteration is idle, not a crash, and the weights stay as they were."""
+    from mlx_gft.data import Example
+    from mlx_gft.groups import build_groups
+    from mlx_gft.sampling import Sample
+    from mlx_gft.step import run_updates
+    from mlx_gft.trainer import training_arrays
+
+    model, tokenizer = load(str(tiny_model))
+    config = build_config(num_layers=-1, batch_size=1, group_size=2)
+    setup_trainable(model, config)
+    ex = Example([1, 3, 4], [7, 8], expert_truncated=True)
+    cut = [Sample(0, [11, 12, 13], "x", [0.0] * 3, [0.0] * 3, "length") for _ in range(2)]
+    groups = build_groups([ex], cut, group_size=2, teacher_count=1)
+    start, arrays = training_arrays(model, tokenizer, groups, mx.array([1.0, -1.0]), config)
+    stepper = Stepper(model, optim.AdamW(learning_rate=1e-2), config)
+    before = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+    metrics = run_updates(stepper, groups.sizes, start, arrays, config)
+    after = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+    assert metrics["idle_updates"] == 1 and metrics["train_tokens"] == 0
+    assert all(np.array_equal(before[k], after[k]) for k in before)

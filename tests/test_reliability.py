@@ -314,6 +314,7 @@ def test_out_of_memory_names_the_knobs(monkeypatch):
     assert "batch 8 x group 16 x 256 tokens" in message
     for knob in ("--batch-size", "--group-size", "--max-completion-length", "--grad-checkpoint"):
         assert knob in message
+    assert "--micro-batch-size" in message and "micro-batches of 8 rows" in message
     monkeypatch.setattr(lora, "run", lambda c, log=print: (_ for _ in ()).throw(RuntimeError("x")))
     with pytest.raises(RuntimeError, match="^x$"):  # other errors are not dressed up as OOM
         lora.main(["--train"])
