@@ -42,6 +42,12 @@ SHAPES = {
             "original_max_position_embeddings": 8192, "rope_type": "llama3",
         },
     ),
+    # A toy of the same family with the embedded tokenizer's vocabulary (smoke tests).
+    "tiny": dict(
+        model_type="qwen2", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+        vocab_size=49152, rope_theta=10000.0, tie_word_embeddings=True,
+    ),
 }  # fmt: skip
 VARIANTS = ("mlx_lm-sft-step", "gft-one-pass", "gft-default")
 

@@ -1,4 +1,4 @@
-"""The sampling benchmarks still run (on the tiny model; their figures are not checked)."""
+"""The benchmarks still run (on tiny models; their figures are not checked)."""
 
 import subprocess
 import sys
@@ -30,3 +30,13 @@ def test_decode_step_breakdown_prints_every_part():
     out = _run("decode_step.py", "--rows", "4", "--context", "16")
     for part in ("model decode step, 4 rows", "LM head", "compiled step", "our sampling step"):
         assert part in out
+
+
+def test_memory_benchmarks_compare_every_variant():
+    out = _run("memory.py", "--shape", "tiny", "--prompt-len", "8", "--answer-len", "8",
+               "--repeats", "1")  # fmt: skip
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["mlx_lm-sft-step", "gft-one-pass", "gft-default"]
+    out = _run("memory_iteration.py", "--shape", "tiny", "--prompt-len", "8",
+               "--answer-len", "8")  # fmt: skip
+    assert "| mlx_lm.lora (SFT) |" in out and "| mlx_gft.lora (GFT) |" in out
