@@ -24,7 +24,6 @@ import resource
 import subprocess
 import sys
 import time
-from functools import partial
 
 SHAPES = {
     # config.json of Qwen/Qwen2.5-0.5B-Instruct and meta-llama/Llama-3.2-1B-Instruct.
@@ -69,10 +68,8 @@ def child(args) -> dict:
 
     # isort: split
     import mlx.core as mx
-    import mlx.nn as nn
     import mlx.optimizers as optim
     import numpy as np
-    from mlx_lm.tuner.trainer import default_loss
 
     from mlx_gft import logprobs
     from mlx_gft.config import build_config
@@ -94,21 +91,9 @@ def child(args) -> dict:
     tokens, mask = pad_batch(pairs)
 
     if args.variant == VARIANTS[0]:
-        lengths = mx.array([[len(p), len(p) + len(r) - 1] for p, r in pairs])
-        opt = optim.AdamW(learning_rate=1e-5)
-        loss_and_grad = nn.value_and_grad(model, default_loss)
-        state = [model.state, opt.state, mx.random.state]
+        from train import mlx_lm_sft_step  # benchmarks/train.py
 
-        @partial(mx.compile, inputs=state, outputs=state)
-        def step(batch, lens):
-            (loss, ntoks), grad = loss_and_grad(model, batch, lens)
-            opt.update(model, grad)
-            return loss, ntoks
-
-        def run():
-            loss, _ = step(tokens, lengths)
-            mx.eval(state, loss)
-
+        run = mlx_lm_sft_step(model, pairs)
     else:
         if args.variant == VARIANTS[1]:
             logprobs.CHUNK_ELEMENTS = 2**62  # the whole logits tensor at once
