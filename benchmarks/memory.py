@@ -16,6 +16,7 @@ own process, so one's cached buffers do not count against the next:
     python benchmarks/memory.py                          # Qwen2.5-0.5B shape, 2 layers
     python benchmarks/memory.py --layers 24 --repeats 1  # the whole model
     python benchmarks/memory.py --shape llama-3.2-1b --layers 2
+    python benchmarks/memory.py --variants loglik-bare,loglik-ours,loglik-unchunked
 """
 
 import argparse
@@ -49,6 +50,10 @@ SHAPES = {
     ),
 }  # fmt: skip
 VARIANTS = ("mlx_lm-sft-step", "gft-one-pass", "gft-default")
+# The log-prob path alone (no loss, no optimizer), on batch_size rows: value_and_grad of
+# the answers' summed log-likelihood from the model's full logits, against the same sum
+# from `token_logprobs` (LM head from the first answer position, chunked past 2**27).
+LOGLIK = ("loglik-bare", "loglik-ours", "loglik-unchunked")  # the last: ours, head in one piece
 
 
 def build_model(shape: str, layers: int):
@@ -68,6 +73,7 @@ def child(args) -> dict:
 
     # isort: split
     import mlx.core as mx
+    import mlx.nn as nn
     import mlx.optimizers as optim
     import numpy as np
 
@@ -87,6 +93,7 @@ def child(args) -> dict:
     prompts = [list(rng.integers(3, vocab, args.prompt_len)) for _ in range(args.batch)]
     answers = [list(rng.integers(3, vocab, args.answer_len)) for _ in range(gft_rows)]
     rows = {VARIANTS[0]: sft_rows, VARIANTS[1]: args.group_size + 1}.get(args.variant, gft_rows)
+    rows = sft_rows if args.variant in LOGLIK else rows
     pairs = [(prompts[i * args.batch // rows], answers[i]) for i in range(rows)]
     tokens, mask = pad_batch(pairs)
 
@@ -94,6 +101,26 @@ def child(args) -> dict:
         from train import mlx_lm_sft_step  # benchmarks/train.py
 
         run = mlx_lm_sft_step(model, pairs)
+    elif args.variant in LOGLIK:
+        from mlx_gft.logprobs import gather_logprobs, token_logprobs
+
+        start = response_start(mask) if args.variant != LOGLIK[0] else 0
+        if args.variant == LOGLIK[2]:
+            logprobs.CHUNK_ELEMENTS = 2**62
+        scored = mask[:, start:]
+
+        def loglik(model):
+            if args.variant == LOGLIK[0]:
+                lp, _ = gather_logprobs(model(tokens[:, :-1]), tokens[:, 1:])
+            else:
+                lp, _ = token_logprobs(model, tokens, start=start)
+            return (lp * scored).sum()
+
+        value_and_grad = nn.value_and_grad(model, loglik)
+
+        def run():
+            mx.eval(value_and_grad(model))
+
     else:
         if args.variant == VARIANTS[1]:
             logprobs.CHUNK_ELEMENTS = 2**62  # the whole logits tensor at once
@@ -159,7 +186,7 @@ def main():
     )
     head = "| variant | rows | peak GB (MLX) | max RSS GB | trained tok/s | memory | speed |"
     print(head + "\n" + "|---" * 7 + "|")
-    base = results[0] if results and results[0]["variant"] == VARIANTS[0] else None
+    base = results[0] if results else None  # the ratios are against the first variant
     for r in results:
         mem = f"{r['peak_gb'] / base['peak_gb']:.2f}x" if base else ""
         speed = f"{r['trained_tok_per_sec'] / base['trained_tok_per_sec']:.2f}x" if base else ""
