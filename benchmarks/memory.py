@@ -129,7 +129,7 @@ def child(args) -> dict:
         mask = mask[:, start:]
         adv = mx.array(rng.standard_normal(rows).astype(np.float32))
         zeros = mx.zeros(mask.shape)
-        arrays = (tokens, mask, adv, zeros, zeros, mx.ones((rows,)))
+        arrays = (tokens, mask, adv, zeros, zeros)
         stepper = Stepper(model, optim.AdamW(learning_rate=1e-5), config)
         sizes = [args.group_size + 1] * (rows // (args.group_size + 1))
 

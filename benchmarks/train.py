@@ -86,7 +86,7 @@ def gft_step(model, pairs, repeats, config):
     n = len(pairs)
     adv = mx.array(np.random.default_rng(1).standard_normal(n), dtype=mx.float32)
     zeros = mx.zeros(mask[:, start:].shape)
-    batch = (tokens, mask[:, start:], adv, zeros, zeros, mx.ones((n,)))
+    batch = (tokens, mask[:, start:], adv, zeros, zeros)
     stepper = Stepper(model, optim.AdamW(learning_rate=1e-5), config)
     return timed(lambda: stepper.update([batch], start), repeats)
 

@@ -19,9 +19,7 @@ def run(config: TrainConfig, log=print) -> dict:
     from .trainer import (
         SAMPLED_LOSSES,
         VERIFIERS,
-        check_answers,
         check_distributed,
-        default_rewards,
         expert_stats,
         has_checkpoint,
         quiet,
@@ -63,9 +61,6 @@ def run(config: TrainConfig, log=print) -> dict:
     }
     if config.train and not sets["train"]:
         raise DataError(str(config.data), "the training set (train.jsonl) is missing or empty")
-    for stage in stages if config.train else ():
-        if stage.loss in SAMPLED_LOSSES:
-            check_answers(sets["train"], default_rewards(stage, sets["train"]))
     if config.test and not sets["test"]:
         raise DataError(str(config.data), "the test set (test.jsonl) is missing or empty")
 

@@ -6,8 +6,8 @@ log p, p (for DCR) and the entropy always come from the same log-softmax.
 Memory: a (rows x positions x vocabulary) float32 logits tensor is the largest array of
 a training step (175 MB per 300-token row at Qwen2.5's 152k vocabulary, and its backward
 needs about three more). Where the architecture lets the LM head run on its own, the
-head and the log-softmax run over `chunk` positions at a time under `mx.checkpoint`, so
-only one chunk's logits exist at once, forward or backward (the backward recomputes
+head and the log-softmax run over `chunk` positions at a time with a custom gradient,
+so only one chunk's logits exist at once, forward or backward (the backward recomputes
 them: Cut Cross-Entropy's and TRL's chunked-NLL idea). The values are the same.
 """
 
@@ -142,15 +142,13 @@ def token_logprobs(
     head = lm_head(model)
     if head is None:
         logits = model(inputs)[:, start:]
-        if temperature != 1.0:
-            logits = logits / temperature
-        return gather_logprobs(logits, targets, with_entropy)
-    hidden = model.model(inputs)[:, start:]
-    if chunk is None:
-        chunk = default_chunk(model.args.vocab_size)
-    if chunk <= 0 or chunk >= hidden.shape[0] * hidden.shape[1]:
+    else:
+        hidden = model.model(inputs)[:, start:]
+        if chunk is None:
+            chunk = default_chunk(model.args.vocab_size)
+        if 0 < chunk < hidden.shape[0] * hidden.shape[1]:
+            return chunked_logprobs(hidden, head, targets, temperature, with_entropy, chunk)
         logits = head(hidden)
-        if temperature != 1.0:
-            logits = logits / temperature
-        return gather_logprobs(logits, targets, with_entropy)
-    return chunked_logprobs(hidden, head, targets, temperature, with_entropy, chunk)
+    if temperature != 1.0:
+        logits = logits / temperature
+    return gather_logprobs(logits, targets, with_entropy)

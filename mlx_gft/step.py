@@ -19,7 +19,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from . import distributed
-from .config import TrainConfig
+from .config import SAMPLED_LOSSES, TrainConfig
 from .logprobs import token_logprobs
 from .losses import dft_loss, gft_loss, grpo_loss, sft_loss
 
@@ -43,7 +43,7 @@ class StepStats:
 
 
 def make_loss(config: TrainConfig):
-    """loss(model, start, tokens, mask, advantages, old_lp, base_lp, metric_rows)
+    """loss(model, start, tokens, mask, advantages, old_lp, base_lp)
     -> (loss, [response tokens, metric tokens, entropy sum, rectified tokens])."""
     temperature = config.temperature if config.loss == "grpo" else 1.0
     # One update per sampled batch: the sampling policy is the current one, so the PPO
@@ -53,9 +53,9 @@ def make_loss(config: TrainConfig):
 
     # The entropy metric of sampled losses comes from the sampler's softmax; SFT/DFT have
     # no samples, so their update measures it on the expert answers.
-    with_entropy = config.loss not in ("gft", "grpo")
+    with_entropy = config.loss not in SAMPLED_LOSSES
 
-    def loss_fn(model, start, tokens, mask, advantages, old_lp, base_lp, metric_rows):
+    def loss_fn(model, start, tokens, mask, advantages, old_lp, base_lp):
         lp, entropy = token_logprobs(model, tokens, temperature, with_entropy, start=start)
         if config.loss == "gft":
             loss = gft_loss(lp, mask, advantages, config.tau, config.loss_agg, norm)
@@ -75,8 +75,8 @@ def make_loss(config: TrainConfig):
                 agg=config.loss_agg,
                 norm=norm,
             )
-        stat_mask = mask * metric_rows[:, None] if with_entropy else mx.zeros_like(mask)
-        entropy_sum = (entropy * stat_mask).sum() if with_entropy else mx.array(0.0)
+        stat_mask = mask if with_entropy else mx.zeros_like(mask)
+        entropy_sum = (entropy * mask).sum() if with_entropy else mx.array(0.0)
         p = mx.exp(mx.stop_gradient(lp))
         stats = mx.stack(
             [mask.sum(), stat_mask.sum(), entropy_sum, ((p <= config.tau) * mask).sum()]
@@ -165,7 +165,7 @@ class Stepper:
         """False when every trained row's advantage is zero (all groups zero-variance):
         the gradient is zero, but AdamW's momentum and weight decay would still move
         the weights. GRPO's KL term and SFT/DFT (advantage 1) always have a gradient."""
-        if self.config.loss not in ("gft", "grpo") or self.config.kl_coef:
+        if self.config.loss not in SAMPLED_LOSSES or self.config.kl_coef:
             return True
         signal = sum(
             (mx.abs(adv) * (mask.sum(axis=1) > 0)).sum() for _, mask, adv, *_ in micro_batches
@@ -200,9 +200,9 @@ class Stepper:
         self.model.train()  # LoRA dropout on, for the update only
         grads, total, stats = None, mx.zeros((2,)), mx.zeros((4,))
         for batch in micro_batches:
-            tokens, mask, adv, old_lp, base_lp, rows = batch
+            tokens, mask, adv, old_lp, base_lp = batch
             width, n = trim_padding(tokens, mask, start)
-            batch = (tokens[:, :width], mask[:, :n], adv, old_lp[:, :n], base_lp[:, :n], rows)
+            batch = (tokens[:, :width], mask[:, :n], adv, old_lp[:, :n], base_lp[:, :n])
             (loss, s), g = self.value_and_grad(start, *batch)
             w = self._weight(batch, s)
             g = tree_map(lambda x, w=w: x * w, g)

@@ -27,8 +27,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 from . import distributed
 from . import rewards as rewards_lib
 from .advantages import group_advantages, zero_variance_fraction
-from .config import ConfigError, TrainConfig
-from .data import DataError, Example
+from .config import SAMPLED_LOSSES, ConfigError, TrainConfig
+from .data import Example
 from .evaluate import accuracy
 from .groups import KINDS, Groups, build_groups, pad_batch, response_start, reward_inputs
 from .logprobs import token_logprobs
@@ -264,18 +264,6 @@ def check_distributed(config: TrainConfig, ranks: int) -> None:
         )
 
 
-def check_answers(examples: list[Example], specs: list[str]) -> None:
-    """A verifier reward needs every row's ground truth: say which row lacks it before
-    any sampling, not an hour into the run."""
-    needs = [s for s in specs if s in VERIFIERS]
-    for e in examples if needs else ():
-        if e.answer is None:
-            raise DataError(
-                f"{e.where}: field 'answer'",
-                f"missing; the {needs[0]!r} reward needs the ground truth of every row",
-            )
-
-
 def expert_stats(model, examples: list[Example], batch_size: int) -> dict:
     """Token-mean NLL of the expert answers, and the model's mean token entropy on them:
     a loss and an entropy every method is measured on alike (a run's own `entropy` is
@@ -315,7 +303,6 @@ def num_iterations(config: TrainConfig, batches_per_epoch: int) -> int:
     return config.iters
 
 
-SAMPLED_LOSSES = ("gft", "grpo")
 # Per-iteration metrics exchanged between ranks (the same list everywhere); the times
 # go separately, as the slowest rank's (distributed.SLOWEST).
 METRIC_KEYS = [
@@ -373,10 +360,8 @@ def rollout(model, tokenizer, examples: list[Example], config: TrainConfig, rewa
 
 def training_arrays(model, tokenizer, groups: Groups, adv: mx.array, config: TrainConfig):
     """(start, arrays) for the loss: the first scored target position, then per member
-    tokens, mask, advantages, old and base log-probs (GRPO) and the rows the entropy
-    metric is taken on (the samples, else every row)."""
-    sampled = config.loss in SAMPLED_LOSSES
-    if sampled or config.mask_prompt:
+    tokens, mask, advantages, old and base log-probs (GRPO)."""
+    if config.loss in SAMPLED_LOSSES or config.mask_prompt:
         pairs = [(m.prompt, m.response) for m in groups.members]
     else:  # mlx_lm.lora's default: SFT trains on the prompt tokens too
         pairs = [([], m.prompt + m.response) for m in groups.members]
@@ -388,30 +373,25 @@ def training_arrays(model, tokenizer, groups: Groups, adv: mx.array, config: Tra
         # overlong filtering): it still counts in its group's reward statistics.
         keep = np.array([not m.truncated for m in groups.members], dtype=np.float32)
         mask = mask * mx.array(keep)[:, None]
-    kinds = np.array([m.kind for m in groups.members])
-    metric_rows = mx.array((kinds == "sampled") if sampled else np.ones(len(kinds)), mx.float32)
     old_lp = base_lp = mx.zeros(mask.shape)
     if config.loss == "grpo":
         old_lp, base_lp = reference_logprobs(model, tokens, start, config, old_lp)
-    return start, (tokens, mask, adv, old_lp, base_lp, metric_rows)
+    return start, (tokens, mask, adv, old_lp, base_lp)
 
 
 def reference_logprobs(model, tokens: mx.array, start: int, config: TrainConfig, zeros):
     """GRPO's old-policy and base log-probs (zeros where the loss needs none), taken
     without dropout."""
-    with eval_mode(model):
-        return _reference_logprobs(model, tokens, start, config, zeros)
-
-
-def _reference_logprobs(model, tokens: mx.array, start: int, config: TrainConfig, zeros):
     old_lp = base_lp = zeros
-    if config.updates_per_batch > 1:
-        # The ratio's denominator: the policy that sampled, before this batch's updates
-        # (with one update per batch the step takes it from the current forward).
-        old_lp = mx.stop_gradient(token_logprobs(model, tokens, config.temperature, start=start)[0])
-    if config.kl_coef:
-        with adapters_disabled(model):
-            base_lp = token_logprobs(model, tokens, config.temperature, start=start)[0]
+    with eval_mode(model):
+        if config.updates_per_batch > 1:
+            # The ratio's denominator: the policy that sampled, before this batch's updates
+            # (with one update per batch the step takes it from the current forward).
+            old_lp = token_logprobs(model, tokens, config.temperature, start=start)[0]
+            old_lp = mx.stop_gradient(old_lp)
+        if config.kl_coef:
+            with adapters_disabled(model):
+                base_lp = token_logprobs(model, tokens, config.temperature, start=start)[0]
     return old_lp, base_lp
 
 
@@ -419,27 +399,23 @@ def validate(model, tokenizer, valid_set: list[Example], config: TrainConfig, re
     """Expert-answer NLL (comparable across losses) and, with a verifier, sampled accuracy."""
     n = len(valid_set) if config.val_batches < 0 else config.val_batches * config.batch_size
     subset = valid_set[:n]
-    with eval_mode(model):
-        return _validate(model, tokenizer, subset, config, reward_fns)
-
-
-def _validate(model, tokenizer, subset: list[Example], config: TrainConfig, reward_fns) -> dict:
-    stats = expert_stats(model, subset, config.batch_size)
-    out = {"val_loss": stats["nll"], "val_entropy": stats["entropy"]}
-    verifier = next((r.name for r in reward_fns if r.name in VERIFIERS), None)
-    if verifier and all(e.answer is not None for e in subset):
-        acc = accuracy(
-            model,
-            tokenizer,
-            subset,
-            verifier,
-            temperature=config.temperature,
-            max_tokens=config.max_completion_length,
-            seed=config.seed,
-            batch_size=config.batch_size * config.group_size,
-        )
-        out["val_acc"] = acc["avg_at_k"]
-    return out
+    with eval_mode(model):  # no dropout: the same model gives the same numbers
+        stats = expert_stats(model, subset, config.batch_size)
+        out = {"val_loss": stats["nll"], "val_entropy": stats["entropy"]}
+        verifier = next((r.name for r in reward_fns if r.name in VERIFIERS), None)
+        if verifier and all(e.answer is not None for e in subset):
+            acc = accuracy(
+                model,
+                tokenizer,
+                subset,
+                verifier,
+                temperature=config.temperature,
+                max_tokens=config.max_completion_length,
+                seed=config.seed,
+                batch_size=config.batch_size * config.group_size,
+            )
+            out["val_acc"] = acc["avg_at_k"]
+        return out
 
 
 class _Reporter:

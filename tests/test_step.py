@@ -61,7 +61,7 @@ def _batch(n_rows=6, seed=0):
     mask = mask[:, start:]
     adv = mx.array(rng.standard_normal(n_rows).astype(np.float32))
     old = mx.array(-rng.random(mask.shape).astype(np.float32))
-    return start, (tokens, mask, adv, old, old - 0.1, mx.ones((n_rows,)))
+    return start, (tokens, mask, adv, old, old - 0.1)
 
 
 def test_token_logprobs_chunked_equals_unchunked_on_a_model(tiny_model):
@@ -145,7 +145,7 @@ def test_micro_batch_plan_respects_rows_tokens_and_groups():
 def test_grpo_with_one_update_needs_no_old_policy_forward(tiny_model):
     """With one update per sampled batch the ratio is sg(current) / current: the same
     loss and gradient as a separate old-policy forward gives, without that forward."""
-    start, (tokens, mask, adv, _, base, rows) = _batch()
+    start, (tokens, mask, adv, _, base) = _batch()
     model, _ = load(str(tiny_model))
     setup_trainable(model, build_config(num_layers=-1))
     old = mx.stop_gradient(token_logprobs(model, tokens, start=start)[0])
@@ -153,7 +153,7 @@ def test_grpo_with_one_update_needs_no_old_policy_forward(tiny_model):
     for upb in (1, 2):
         fn = make_loss(build_config(loss="grpo", updates_per_batch=upb, batch_size=2))
         value_and_grad = nn.value_and_grad(model, lambda *b, fn=fn: fn(model, start, *b)[0])
-        results.append(value_and_grad(tokens, mask, adv, old, base, rows))
+        results.append(value_and_grad(tokens, mask, adv, old, base))
     (v1, g1), (v2, g2) = results
     np.testing.assert_allclose(v1.item(), v2.item(), rtol=1e-5)
     for (k, a), (_, b) in zip(tree_flatten(g1), tree_flatten(g2), strict=True):
