@@ -1,0 +1,88 @@
+"""Bit-identical regression runs: refactors must not change what training computes.
+
+A fixed-seed three-iteration GFT run and SFT run on the tiny model; the digest of their
+adapters and of metrics.jsonl (timings and memory left out) must equal the one recorded
+in tests/regression.json. A change that is meant to alter the numbers re-records it:
+
+    MLX_GFT_RECORD=1 python -m pytest tests/test_regression.py
+
+Digests are only comparable on the platform that recorded them: the same MLX and mlx-lm
+versions, BLAS library and thread count (a BLAS sums in a different order on another
+thread count). Elsewhere the test skips and says so.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import mlx.core as mx
+import mlx_lm
+import numpy as np
+import pytest
+
+from mlx_gft import _blas
+from mlx_gft.job import run
+from mlx_gft.lora import parse_config
+
+pytestmark = pytest.mark.slow
+
+RECORD = Path(__file__).parent / "regression.json"
+# Wall-clock and allocator figures vary run to run; everything else must not.
+VOLATILE = {
+    "sample_time", "train_time", "it_per_sec", "gen_tok_per_sec", "train_tok_per_sec",
+    "peak_memory_gb", "active_memory_gb",
+}  # fmt: skip
+RUNS = {
+    "gft": "--loss gft --group-size 3",
+    "sft": "--loss sft --mask-prompt",
+}
+
+
+def _digest(folder: Path) -> dict:
+    weights = mx.load(str(folder / "adapters.safetensors"))
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        h.update(name.encode())
+        h.update(np.array(weights[name]).tobytes())
+    rows = []
+    for line in (folder / "metrics.jsonl").read_text().splitlines():
+        rows.append({k: v for k, v in json.loads(line).items() if k not in VOLATILE})
+    metrics = json.dumps(rows, sort_keys=True)
+    return {
+        "adapters": h.hexdigest(),
+        "metrics": hashlib.sha256(metrics.encode()).hexdigest(),
+        "loss": [r["loss"] for r in rows if "loss" in r],  # readable when it fails
+    }
+
+
+def _platform() -> dict:
+    threads = os.environ.get("OPENBLAS_NUM_THREADS") or str(os.cpu_count())
+    return {
+        "mlx": mx.__version__,
+        "mlx_lm": mlx_lm.__version__,
+        "blas": _blas.loaded or "bundled",
+        "threads": threads,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_fixed_seed_run_is_bit_identical(tiny_model, arithmetic_data, tmp_path, name):
+    folder = tmp_path / name
+    argv = (
+        f"--model {tiny_model} --data {arithmetic_data} --train --adapter-path {folder} "
+        "--iters 3 --batch-size 2 --max-completion-length 12 --num-layers -1 --seed 11 "
+        "--steps-per-report 1 --steps-per-eval 3 --val-batches 1 --probe-size 2 "
+        f"{RUNS[name]}"
+    ).split()
+    run(parse_config(argv), log=lambda *a: None)
+    got = _digest(folder)
+    recorded = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    if os.environ.get("MLX_GFT_RECORD"):
+        recorded["platform"] = _platform()
+        recorded[name] = got
+        RECORD.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+        return
+    if recorded.get("platform") != _platform():
+        pytest.skip(f"recorded on {recorded.get('platform')}, this is {_platform()}")
+    assert got == recorded[name]
