@@ -38,7 +38,6 @@ from typing import Any, Literal
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.generate import _merge_caches
 from mlx_lm.models.cache import make_prompt_cache
 
 FinishReason = Literal["stop", "length"]
@@ -219,6 +218,27 @@ def _vocab_size(model: nn.Module) -> int | None:
     return getattr(args, "vocab_size", None)
 
 
+def _batch_cache(model: nn.Module, rows: int) -> list[Any]:
+    """An empty batch cache of `rows` rows, one per layer, of the model's own cache kinds.
+
+    The per-sequence caches are made the model's way (`make_prompt_cache` honours a
+    model's `make_cache`) and batched through each class's public `merge`, which maps it
+    to its batch class (KVCache -> BatchKVCache, RotatingKVCache ->
+    BatchRotatingKVCache, ...): the same calls mlx-lm's private `_merge_caches` makes,
+    without depending on that helper.
+    """
+    per_row = [make_prompt_cache(model) for _ in range(rows)]
+    cache = []
+    for layers in zip(*per_row, strict=True):
+        if not hasattr(layers[0], "merge"):
+            raise ValueError(
+                f"this model's {type(layers[0]).__name__} has no batched version in mlx-lm "
+                "(no `merge`), so its samples cannot be decoded in a batch"
+            )
+        cache.append(layers[0].merge(list(layers)))
+    return cache
+
+
 def _prefill(
     model: nn.Module, prompts: list[list[int]], prefill_step_size: int
 ) -> tuple[list[Any], mx.array]:
@@ -230,9 +250,7 @@ def _prefill(
     max_len = max(len(p) for p in prompts)
     padding = [max_len - len(p) for p in prompts]
     tokens = mx.array([[0] * (max_len - len(p)) + p for p in prompts], dtype=mx.uint32)
-    # Build empty per-sequence caches the model's way and merge them into its batch
-    # cache classes (BatchKVCache for plain attention), then declare the left padding.
-    cache = _merge_caches([make_prompt_cache(model) for _ in prompts])
+    cache = _batch_cache(model, len(prompts))
     for c in cache:
         c.prepare(left_padding=padding)
     body = tokens[:, :-1]

@@ -11,6 +11,14 @@ import mlx_lm
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
+from mlx_lm.models.cache import (
+    BatchKVCache,
+    BatchRotatingKVCache,
+    CacheList,
+    ChunkedKVCache,
+    KVCache,
+    RotatingKVCache,
+)
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from tiny_model import build_tiny_model
 
@@ -68,8 +76,9 @@ def _forward_logits(model, prompt: list[int], sample: Sample) -> mx.array:
     return model(seq[:, :-1])[0, len(prompt) - 1 :].astype(mx.float32)
 
 
-def _reference_logq(logits: np.ndarray, token: int, t: float, top_k: int, top_p: float,
-                    min_p: float) -> float:
+def _reference_logq(
+    logits: np.ndarray, token: int, t: float, top_k: int, top_p: float, min_p: float
+) -> float:
     """log q(token) for temperature then top-k, top-p, min-p, written independently."""
     x = logits.astype(np.float64) / t
     keep = np.ones_like(x, dtype=bool)
@@ -223,14 +232,28 @@ def test_logprobs_match_forward_pass_t1(loaded, prompts):
 
 @pytest.mark.parametrize(
     "t,top_k,top_p,min_p",
-    [(0.7, 0, 1.0, 0.0), (1.3, 20, 1.0, 0.0), (0.8, 0, 0.9, 0.0), (1.0, 0, 1.0, 0.05),
-     (0.6, 50, 0.8, 0.02)],
+    [
+        (0.7, 0, 1.0, 0.0),
+        (1.3, 20, 1.0, 0.0),
+        (0.8, 0, 0.9, 0.0),
+        (1.0, 0, 1.0, 0.05),
+        (0.6, 50, 0.8, 0.02),
+    ],
 )
 def test_logprobs_match_truncated_distribution(loaded, prompts, t, top_k, top_p, min_p):
     model, tok = loaded
     samples = sample_groups(
-        model, tok, prompts, 3, max_tokens=12, seed=5, eos_token_ids=(),
-        temperature=t, top_k=top_k, top_p=top_p, min_p=min_p,
+        model,
+        tok,
+        prompts,
+        3,
+        max_tokens=12,
+        seed=5,
+        eos_token_ids=(),
+        temperature=t,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
     )
     _check_logprobs(model, prompts, samples, t, top_k, top_p, min_p)
 
@@ -304,6 +327,29 @@ def test_max_concurrency_does_not_change_samples(loaded, prompts, cap, monkeypat
     _check_logprobs(model, prompts, capped, 1.0)
 
 
+def test_batch_cache_follows_the_models_cache_kinds():
+    # Built through the cache classes' public `merge` (not mlx-lm's private
+    # _merge_caches): a model's own make_cache kinds must map to their batch classes.
+    class Model:
+        def __init__(self, *kinds):
+            self.kinds = kinds
+
+        def make_cache(self):
+            return [kind() for kind in self.kinds]
+
+    model = Model(
+        KVCache,
+        lambda: RotatingKVCache(max_size=8),
+        lambda: CacheList(KVCache(), RotatingKVCache(max_size=4)),
+    )
+    cache = sampling._batch_cache(model, 3)
+    assert [type(c) for c in cache] == [BatchKVCache, BatchRotatingKVCache, CacheList]
+    assert [type(c) for c in cache[2].caches] == [BatchKVCache, BatchRotatingKVCache]
+    assert all(c.left_padding.tolist() == [0, 0, 0] for c in cache[:2] + list(cache[2].caches))
+    with pytest.raises(ValueError, match="ChunkedKVCache has no batched version"):
+        sampling._batch_cache(Model(lambda: ChunkedKVCache(4)), 2)
+
+
 def test_single_token_prompt_and_context_limit(loaded):
     model, tok = loaded
     ctx = model.args.max_position_embeddings
@@ -344,7 +390,14 @@ def test_qlora_model(tiny_path, loaded, prompts):
     model = _lora_model(tiny_path, use_dora=False, quantize=True)
     assert any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
     samples = sample_groups(
-        model, tok, prompts, 3, max_tokens=10, seed=3, eos_token_ids=(), temperature=0.9,
+        model,
+        tok,
+        prompts,
+        3,
+        max_tokens=10,
+        seed=3,
+        eos_token_ids=(),
+        temperature=0.9,
         top_p=0.95,
     )
     _check_logprobs(model, prompts, samples, 0.9, top_p=0.95)
