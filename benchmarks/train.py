@@ -29,8 +29,8 @@ from mlx_lm.tuner.trainer import default_loss
 
 from mlx_gft.config import build_config
 from mlx_gft.groups import pad_batch, response_start
+from mlx_gft.models import setup_trainable
 from mlx_gft.step import Stepper
-from mlx_gft.trainer import setup_trainable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-LOSSES = ("gft", "sft", "dft", "grpo")
-# The losses whose groups are sampled from the policy (the others train on the expert).
-SAMPLED_LOSSES = ("gft", "grpo")
+from .methods import METHODS
+
+LOSSES = tuple(METHODS)
 # Names users bring from other LoRA tools, mapped to ours.
 ALIASES = {
     "alpha": "scale",

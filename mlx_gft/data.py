@@ -38,6 +38,11 @@ class Example:
     where: str = ""  # file:line, for errors found after loading
 
 
+def has_answers(examples: list[Example]) -> bool:
+    """Every example has a reference answer, so a verifier can grade its samples."""
+    return all(e.answer is not None for e in examples)
+
+
 def _str_field(row: dict, key: str, where: str) -> str:
     value = row[key]
     if not isinstance(value, str):

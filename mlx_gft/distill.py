@@ -11,16 +11,16 @@ output is a complete dataset for `python -m mlx_gft.lora --data OUT`.
 """
 
 import argparse
-import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import rewards as rewards_lib
+from .checkpoint import write_jsonl
 from .data import SPLITS, DataError, parse_row, raw_rows
-from .evaluate import LoadError, load_model, sampled_batches, sampling_examples
+from .evaluate import check_sampling_options, sampled_batches, sampling_examples
+from .models import LoadError, load_model
 
 
 @dataclass
@@ -63,15 +63,33 @@ def distill_split(
     max_tokens: int = 256,
     seed: int = 0,
     batch_size: int = 8,
+    *,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    max_concurrency: int | None = None,
 ) -> tuple[list[dict], SplitStats]:
-    """The rows with the teacher's answers added, in the same order, and counts."""
+    """The rows with the teacher's answers added, in the same order, and counts.
+
+    top_k and min_p truncate the teacher's sampling; max_concurrency caps the samples
+    decoded at once (memory) without changing them.
+    """
     parsed = [(where, parse_row(row, where)) for where, row in rows]
     if keep_correct:
         require_answers(parsed)
     examples = sampling_examples(parsed, tokenizer, model)
     stats, out = SplitStats(rows=len(rows)), []
     batches = sampled_batches(
-        model, tokenizer, examples, num_responses, max_tokens, temperature, seed, batch_size
+        model,
+        tokenizer,
+        examples,
+        num_responses,
+        max_tokens,
+        temperature,
+        seed,
+        batch_size,
+        top_k=top_k,
+        min_p=min_p,
+        max_concurrency=max_concurrency,
     )
     for chunk, samples in batches:
         for i, ex in enumerate(chunk):
@@ -97,15 +115,6 @@ def require_answers(parsed: list[tuple[str, dict]]) -> None:
 
 def is_correct(prompt: str, completion: str, answer: str) -> bool:
     return rewards_lib.math_reward(prompt=prompt, completion=completion, answer=answer) > 0
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Write through a temporary file, so a killed run never leaves half a split."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def summary_line(split: str, stats: SplitStats) -> str:
@@ -157,6 +166,9 @@ def distill(args: argparse.Namespace, log=print) -> dict[str, SplitStats]:
                 args.max_tokens,
                 args.seed,
                 args.batch_size,
+                top_k=args.top_k,
+                min_p=args.min_p,
+                max_concurrency=args.max_concurrency,
             )
             log(summary_line(split, stats[split]))
         else:
@@ -179,10 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-correct", action="store_true", help="keep only answers the math verifier accepts"
     )
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="sampling top-k (default: 0, off)")
+    p.add_argument("--min-p", type=float, default=0.0, help="sampling min-p (default: 0.0, off)")
     p.add_argument("--max-tokens", type=int, default=256, help="new tokens per answer")
     p.add_argument("--output", help="new dataset folder (default: <data>-distilled)")
     p.add_argument("--splits", default="train,valid", help="splits to distill, comma-separated")
     p.add_argument("--batch-size", type=int, default=8, help="prompts sampled together")
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        help="most teacher samples decoded at once, to bound memory; the samples do not "
+        "change (default: all of a batch, batch-size x num-responses)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -193,6 +213,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
         parser.error("--temperature must be >= 0")
+    check_sampling_options(parser, args)
     unknown = [s for s in args.splits.split(",") if s and s not in SPLITS]
     if unknown or not args.splits.strip(","):
         parser.error(f"--splits: use names from {', '.join(SPLITS)}, comma-separated")

@@ -9,9 +9,7 @@ answer. The numbers, per-problem counts and settings go to a JSON file.
 """
 
 import argparse
-import json
 import math
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from . import rewards as rewards_lib
+from .checkpoint import write_json
 from .data import DataError, Example, load_splits, read_jsonl, tokenize_rows
 from .groups import Groups, Member, reward_inputs
+from .models import LoadError, load_model
 from .sampling import sample_groups
-
-VERIFIERS = ("math", "accuracy")
 
 
 def avg_and_pass_at_k(correct: np.ndarray) -> tuple[float, float]:
@@ -47,10 +45,14 @@ def sampled_batches(
     temperature: float,
     seed: int,
     batch_size: int,
+    *,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    max_concurrency: int | None = None,
 ) -> Iterator[tuple[list[Example], list]]:
     """(examples, their samples) `batch_size` prompts at a time, `samples` per prompt in
     prompt order; each batch's seed depends on its position, so results do not depend on
-    how far a caller reads."""
+    how far a caller reads. top_k, min_p and max_concurrency go to `sample_groups`."""
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         outs = sample_groups(
@@ -60,7 +62,10 @@ def sampled_batches(
             samples,
             max_tokens=max_tokens,
             temperature=temperature,
+            top_k=top_k,
+            min_p=min_p,
             seed=seed + start,
+            max_concurrency=max_concurrency,
         )
         yield chunk, outs
 
@@ -75,12 +80,26 @@ def score_samples(
     max_tokens: int = 256,
     seed: int = 0,
     batch_size: int = 16,
+    *,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    max_concurrency: int | None = None,
 ) -> tuple[np.ndarray, list[list[str]]]:
     """Rewards (problems, samples) and the sampled texts, `batch_size` prompts at a time."""
     reward_fns = rewards_lib.load_rewards([reward])
     scores, texts = [], []
     batches = sampled_batches(
-        model, tokenizer, examples, samples, max_tokens, temperature, seed, batch_size
+        model,
+        tokenizer,
+        examples,
+        samples,
+        max_tokens,
+        temperature,
+        seed,
+        batch_size,
+        top_k=top_k,
+        min_p=min_p,
+        max_concurrency=max_concurrency,
     )
     for chunk, outs in batches:
         members = [
@@ -104,22 +123,39 @@ def accuracy(
     max_tokens: int = 256,
     seed: int = 0,
     batch_size: int = 16,
+    *,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    max_concurrency: int | None = None,
 ) -> dict:
     """Score `samples` answers per prompt; temperature 0 is greedy (then samples = 1).
 
-    Returns n, samples, temperature, avg_at_k, pass_at_k and `correct`, the number of
-    correct samples of each problem.
+    Returns n, samples, temperature, top_k, min_p, avg_at_k, pass_at_k and `correct`,
+    the number of correct samples of each problem.
     """
     if temperature == 0:
         samples = 1  # greedy answers are all the same
     table, _ = score_samples(
-        model, tokenizer, examples, reward, samples, temperature, max_tokens, seed, batch_size
+        model,
+        tokenizer,
+        examples,
+        reward,
+        samples,
+        temperature,
+        max_tokens,
+        seed,
+        batch_size,
+        top_k=top_k,
+        min_p=min_p,
+        max_concurrency=max_concurrency,
     )
     avg, passed = avg_and_pass_at_k(table)
     return {
         "n": len(examples),
         "samples": samples,
         "temperature": temperature,
+        "top_k": top_k,
+        "min_p": min_p,
         "avg_at_k": avg,
         "pass_at_k": passed,
         "correct": [int(c) for c in (table > 0).sum(axis=1)],
@@ -127,46 +163,7 @@ def accuracy(
 
 
 # --------------------------------------------------------------------------------------
-# Loading, shared with mlx_gft.distill
-
-
-class LoadError(RuntimeError):
-    """A model or adapter folder that mlx-lm cannot use."""
-
-
-def load_model(model: str | None, adapter_path: str | None = None, dtype: str | None = None):
-    """(model, tokenizer) via mlx-lm, with LoRA/DoRA adapters from `adapter_path` if given."""
-    from mlx_lm import load
-    from mlx_lm.tuner.utils import load_adapters
-
-    from .gguf import resolve_model_path
-
-    if model and model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
-        # mlx-lm would take it for a malformed Hub id and say so.
-        raise FileNotFoundError(f"{model}: no such model file or folder")
-    loaded, tokenizer = load(resolve_model_path(model, dtype))
-    if adapter_path:
-        path = Path(adapter_path)
-        for name in ("adapter_config.json", "adapters.safetensors"):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"{path / name}: not found (is the adapter path right?)")
-        try:
-            load_adapters(loaded, str(path))
-        except ValueError as e:  # mlx-lm: tensors that do not fit this model
-            raise LoadError(
-                f"adapters in {path} do not fit the model:\n{_first_lines(e)}"
-            ) from None
-    loaded.eval()
-    return loaded, tokenizer
-
-
-def _first_lines(error: Exception, keep: int = 3) -> str:
-    """mlx-lm lists every mismatched tensor: a few tell the story."""
-    lines = [line for line in str(error).splitlines() if line.startswith("  ")]
-    if not lines:
-        return f"  {error}"
-    more = f"\n  ... and {len(lines) - keep} more" if len(lines) > keep else ""
-    return "\n".join(lines[:keep]) + more
+# Rows for sampling, shared with mlx_gft.distill
 
 
 def sampling_examples(rows: list[tuple[str, dict]], tokenizer, model) -> list[Example]:
@@ -217,15 +214,29 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
     rows = split_rows(args.data, args.split)
     if not rows:
         raise DataError(source, f"the {args.split} split is empty")
-    if args.reward in VERIFIERS:
+    if args.reward in rewards_lib.VERIFIERS:
         rows = _with_answers(rows, source, log)
     rows = rows[: args.limit] if args.limit else rows
     rewards_lib.load_rewards([args.reward])  # a bad reward fails before the model loads
     model, tokenizer = load_model(args.model, args.adapter_path, args.model_dtype)
     examples = sampling_examples(rows, tokenizer, model)
-    common = dict(max_tokens=args.max_tokens, seed=args.seed, batch_size=args.batch_size)
+    common = dict(
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_concurrency=args.max_concurrency,
+    )
+    # Truncation is for the k samples only: it never changes the greedy argmax.
     sampled = accuracy(
-        model, tokenizer, examples, args.reward, args.samples, args.temperature, **common
+        model,
+        tokenizer,
+        examples,
+        args.reward,
+        args.samples,
+        args.temperature,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        **common,
     )
     greedy = (
         sampled
@@ -236,6 +247,9 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
         "n": sampled["n"],
         "samples": sampled["samples"],
         "temperature": args.temperature,
+        "top_k": args.top_k,
+        "min_p": args.min_p,
+        "max_concurrency": args.max_concurrency,
         "max_tokens": args.max_tokens,
         "seed": args.seed,
         "avg_at_k": sampled["avg_at_k"],
@@ -253,21 +267,19 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
 
 def format_table(result: dict) -> str:
     k, t = result["samples"], result["temperature"]
+    setting = f"T={t:g}"
+    # Only truncation that is on: the default table reads as it always has.
+    if result.get("top_k"):
+        setting += f", top-k {result['top_k']}"
+    if result.get("min_p"):
+        setting += f", min-p {result['min_p']:g}"
     lines = [
         f"{'problems':<10}{result['n']}",
-        f"{f'avg@{k}':<10}{result['avg_at_k']:.3f}  (mean over {k} samples at T={t:g})",
+        f"{f'avg@{k}':<10}{result['avg_at_k']:.3f}  (mean over {k} samples at {setting})",
         f"{f'pass@{k}':<10}{result['pass_at_k']:.3f}  (any of {k} correct)",
         f"{'greedy':<10}{result['greedy']:.3f}  (T=0, one answer)",
     ]
     return "\n".join(lines)
-
-
-def write_json(path: Path, value: dict) -> None:
-    """Write through a temporary file, so a reader never sees half a result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,9 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N problems")
     p.add_argument("--samples", type=int, default=4, help="k samples per problem (default: 4)")
     p.add_argument("--temperature", type=float, default=1.0, help="for the k samples")
+    p.add_argument("--top-k", type=int, default=0, help="sampling top-k (default: 0, off)")
+    p.add_argument("--min-p", type=float, default=0.0, help="sampling min-p (default: 0.0, off)")
     p.add_argument("--max-tokens", type=int, default=256, help="new tokens per answer")
     p.add_argument("--reward", default="math", help="verifier (default: math) or file.py:fn")
     p.add_argument("--batch-size", type=int, default=16, help="prompts sampled together")
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        help="most samples decoded at once, to bound memory; the samples do not change "
+        "(default: all of a batch, batch-size x samples)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="JSON file (default: <adapter-path or .>/eval_results.json)")
     return p
@@ -299,6 +319,17 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--limit must be at least 1")
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
         parser.error("--temperature must be >= 0")
+    check_sampling_options(parser, args)
+
+
+def check_sampling_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--top-k, --min-p and --max-concurrency, shared with mlx_gft.distill."""
+    if args.top_k < 0:
+        parser.error("--top-k must be >= 0 (0 = off)")
+    if not 0.0 <= args.min_p < 1.0:
+        parser.error("--min-p must be in [0, 1) (0 = off)")
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        parser.error("--max-concurrency must be at least 1")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -310,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     except (DataError, rewards_lib.RewardError, LoadError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     output = Path(args.output or Path(args.adapter_path or ".") / "eval_results.json")
-    write_json(output, result)
+    write_json(output, result, indent=2)
     print(format_table(result))
     print(f"Results written to {output}")
 

@@ -11,48 +11,37 @@ from .data import DataError
 def run(config: TrainConfig, log=print) -> dict:
     """Load, optionally evaluate, train and test; returns the accuracies measured."""
     import mlx.core as mx
-    from mlx_lm import load
 
     from . import data as data_lib
+    from . import distributed
+    from .batches import stage_iterations
+    from .checkpoint import has_checkpoint, stage_finished
     from .evaluate import accuracy
-    from .gguf import resolve_model_path
-    from .trainer import (
-        SAMPLED_LOSSES,
-        VERIFIERS,
-        check_distributed,
-        expert_stats,
-        has_checkpoint,
-        quiet,
-        setup_trainable,
-        stage_finished,
-        stage_iterations,
-        train,
-    )
+    from .methods import method
+    from .models import load_model, setup_trainable
+    from .rewards import verifier_name
+    from .trainer import train_stage
+    from .validation import expert_stats
 
     if not (config.train or config.test):
         raise ConfigError("nothing to do: pass --train and/or --test")
     mx.random.seed(config.seed)
-    group = mx.distributed.init()
-    lead = group.rank() == 0  # distributed: rank 0 speaks and evaluates
-    if config.train and group.size() > 1:
-        check_distributed(config, group.size())
-    if not lead:
-        log = quiet
+    ranks, log = distributed.init(config, log, training=config.train)
+    lead = ranks.rank() == 0  # distributed: rank 0 speaks and evaluates
     # Every row is parsed and checked before the (slow) model load.
     log(f"Loading data {config.data or '(built-in arithmetic task)'}")
     splits = data_lib.load_splits(config.data)
     stages = stage_configs(config)
     chosen = [s.reward for s in stages if s.reward] if config.train else []
-    verifier = next((r for specs in chosen for r in specs if r in VERIFIERS), None)
+    verifier = verifier_name(r for specs in chosen for r in specs)
     if verifier:
         data_lib.check_answers_consistent(splits["train"], verifier)
     elif not chosen:  # the default reward follows the rows: it must not flip silently
         for rows in splits.values():
             data_lib.check_answers_consistent(rows)
-    model_path = resolve_model_path(config.model, config.model_dtype)
     log(f"Loading model {config.model or 'SmolLM2-135M-Instruct (embedded default)'}")
-    model, tokenizer = load(model_path)
-    needs_prompt = any(c.loss in SAMPLED_LOSSES for c in stages)
+    model, tokenizer = load_model(config.model, dtype=config.model_dtype)
+    needs_prompt = any(method(c).samples for c in stages)
     sets = {
         name: data_lib.tokenize_rows(
             rows, tokenizer, config.max_seq_length, needs_prompt, config.long_prompts, log
@@ -68,7 +57,7 @@ def run(config: TrainConfig, log=print) -> dict:
     test_set = sets["test"]
     n_test = len(test_set) if config.test_batches < 0 else config.test_batches * config.batch_size
     test_set = test_set[:n_test]
-    verifier = test_set and all(e.answer is not None for e in test_set)
+    verifier = test_set and data_lib.has_answers(test_set)
 
     def held_out(tag: str) -> None:
         if not (config.test and verifier and lead):
@@ -106,7 +95,7 @@ def run(config: TrainConfig, log=print) -> dict:
                 log(f"Stage {n}/{len(stages)}: --loss {stage.loss} -> {stage.adapter_path}")
             else:
                 log(f"Training with --loss {config.loss}")
-            results["reports"] += train(
+            results["reports"] += train_stage(
                 model, tokenizer, stage, sets["train"], sets["valid"], log, stage_offset
             )
             if len(stages) > 1:

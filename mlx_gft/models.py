@@ -1,11 +1,74 @@
-"""Model helpers on top of mlx-lm: switching LoRA/DoRA adapters off in place, and
-evaluation mode (no dropout) for everything that is not the update."""
+"""Models on top of mlx-lm: loading (with adapters), opening the layers a fine-tune
+trains, switching LoRA/DoRA adapters off in place, and evaluation mode (no dropout) for
+everything that is not the update."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
+
+from .config import ConfigError, TrainConfig
+
+
+class LoadError(RuntimeError):
+    """A model or adapter folder that mlx-lm cannot use."""
+
+
+def load_model(model: str | None, adapter_path: str | None = None, dtype: str | None = None):
+    """(model, tokenizer) via mlx-lm, with LoRA/DoRA adapters from `adapter_path` if given."""
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import load_adapters
+
+    from .gguf import resolve_model_path
+
+    if model and model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
+        # mlx-lm would take it for a malformed Hub id and say so.
+        raise FileNotFoundError(f"{model}: no such model file or folder")
+    loaded, tokenizer = load(resolve_model_path(model, dtype))
+    if adapter_path:
+        path = Path(adapter_path)
+        for name in ("adapter_config.json", "adapters.safetensors"):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path / name}: not found (is the adapter path right?)")
+        try:
+            load_adapters(loaded, str(path))
+        except ValueError as e:  # mlx-lm: tensors that do not fit this model
+            raise LoadError(
+                f"adapters in {path} do not fit the model:\n{_first_lines(e)}"
+            ) from None
+    loaded.eval()
+    return loaded, tokenizer
+
+
+def _first_lines(error: Exception, keep: int = 3) -> str:
+    """mlx-lm lists every mismatched tensor: a few tell the story."""
+    lines = [line for line in str(error).splitlines() if line.startswith("  ")]
+    if not lines:
+        return f"  {error}"
+    more = f"\n  ... and {len(lines) - keep} more" if len(lines) > keep else ""
+    return "\n".join(lines[:keep]) + more
+
+
+def setup_trainable(model: nn.Module, config: TrainConfig) -> None:
+    """Freeze the model, then open the layers the fine-tune type trains (as mlx_lm.lora)."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model.freeze()
+    if config.num_layers > len(model.layers):
+        raise ConfigError(
+            f"num_layers is {config.num_layers} but the model has {len(model.layers)} layers "
+            "(-1 trains all of them)"
+        )
+    if config.fine_tune_type == "full":
+        for layer in model.layers[-max(config.num_layers, 0) :]:
+            layer.unfreeze()
+    else:
+        lora = {"dropout": 0.0, **config.lora_parameters}
+        linear_to_lora_layers(model, config.num_layers, lora, config.fine_tune_type == "dora")
+    if config.resume_adapter_file:
+        model.load_weights(config.resume_adapter_file, strict=False)
 
 
 def _adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:

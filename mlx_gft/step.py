@@ -10,7 +10,6 @@ the full batch's gradient exactly.
 """
 
 import math
-from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -19,62 +18,29 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from . import distributed
-from .config import SAMPLED_LOSSES, TrainConfig
+from .config import TrainConfig
 from .logprobs import token_logprobs
-from .losses import dft_loss, gft_loss, grpo_loss, sft_loss
+from .methods import method
+from .metrics import StepStats, iteration_metrics
 
 
 class TrainingStopped(RuntimeError):
     """Training cannot go on (e.g. too many non-finite steps); the last checkpoint is intact."""
 
 
-@dataclass
-class StepStats:
-    """What one optimizer update measured (sums over its micro-batches and ranks)."""
-
-    loss: float
-    grad_norm: float
-    response_tokens: float  # tokens the loss saw
-    metric_tokens: float  # tokens the entropy metric is taken on
-    entropy_sum: float
-    rectified_tokens: float  # tokens with p <= tau
-    skipped: int = 0  # 1 when a non-finite loss or gradient was not applied
-    idle: int = 0  # 1 when no advantage was non-zero: nothing to learn, nothing applied
-
-
 def make_loss(config: TrainConfig):
     """loss(model, start, tokens, mask, advantages, old_lp, base_lp)
     -> (loss, [response tokens, metric tokens, entropy sum, rectified tokens])."""
-    temperature = config.temperature if config.loss == "grpo" else 1.0
-    # One update per sampled batch: the sampling policy is the current one, so the PPO
-    # ratio is exactly 1 in value; sg(current log p) gives it without a second forward.
-    ratio_from_current = config.updates_per_batch == 1
+    m = method(config)
+    temperature = config.temperature if m.tempered else 1.0
     norm = config.max_completion_length  # seq-mean-token-sum-norm's constant divisor
-
-    # The entropy metric of sampled losses comes from the sampler's softmax; SFT/DFT have
-    # no samples, so their update measures it on the expert answers.
-    with_entropy = config.loss not in SAMPLED_LOSSES
+    # The entropy metric of sampled methods comes from the sampler's softmax; SFT/DFT
+    # have no samples, so their update measures it on the expert answers.
+    with_entropy = not m.samples
 
     def loss_fn(model, start, tokens, mask, advantages, old_lp, base_lp):
         lp, entropy = token_logprobs(model, tokens, temperature, with_entropy, start=start)
-        if config.loss == "gft":
-            loss = gft_loss(lp, mask, advantages, config.tau, config.loss_agg, norm)
-        elif config.loss == "sft":
-            loss = sft_loss(lp, mask, config.loss_agg, norm)
-        elif config.loss == "dft":
-            loss = dft_loss(lp, mask, config.loss_agg, norm)
-        else:
-            loss = grpo_loss(
-                lp,
-                mx.stop_gradient(lp) if ratio_from_current else old_lp,
-                mask,
-                advantages,
-                config.clip_eps,
-                base_log_probs=base_lp,
-                kl_coef=config.kl_coef,
-                agg=config.loss_agg,
-                norm=norm,
-            )
+        loss = m.loss(lp, mask, advantages, old_lp, base_lp, config, norm)
         stat_mask = mask if with_entropy else mx.zeros_like(mask)
         entropy_sum = (entropy * mask).sum() if with_entropy else mx.array(0.0)
         p = mx.exp(mx.stop_gradient(lp))
@@ -84,6 +50,25 @@ def make_loss(config: TrainConfig):
         return loss, stats
 
     return loss_fn
+
+
+def make_optimizer(config: TrainConfig) -> optim.Optimizer:
+    from mlx_lm.tuner.utils import build_schedule
+
+    lr = config.learning_rate
+    if config.lr_schedule:
+        # Users write schedules in iterations (as for mlx_lm.lora); the optimizer counts
+        # updates, updates_per_batch of them per iteration (skipped ones included).
+        schedule, per_iteration = build_schedule(config.lr_schedule), config.updates_per_batch
+        lr = schedule if per_iteration == 1 else (lambda step: schedule(step // per_iteration))
+    cls = {
+        "adam": optim.Adam,
+        "adamw": optim.AdamW,  # weight decay 0.01 by default, as the reference
+        "sgd": optim.SGD,
+        "adafactor": optim.Adafactor,
+        "muon": optim.Muon,
+    }[config.optimizer]
+    return cls(learning_rate=lr, **config.optimizer_config.get(config.optimizer, {}))
 
 
 def grad_norm(grads) -> mx.array:
@@ -165,7 +150,7 @@ class Stepper:
         """False when every trained row's advantage is zero (all groups zero-variance):
         the gradient is zero, but AdamW's momentum and weight decay would still move
         the weights. GRPO's KL term and SFT/DFT (advantage 1) always have a gradient."""
-        if self.config.loss not in SAMPLED_LOSSES or self.config.kl_coef:
+        if not method(self.config).samples or self.config.kl_coef:
             return True
         signal = sum(
             (mx.abs(adv) * (mask.sum(axis=1) > 0)).sum() for _, mask, adv, *_ in micro_batches
@@ -246,18 +231,4 @@ def run_updates(stepper: Stepper, sizes: list[int], start: int, arrays: tuple, c
     for plan in plan_updates(sizes, int(arrays[0].shape[1]), config):
         micro = [tuple(a[mx.array(rows)] for a in arrays) for rows in plan]
         updates.append(stepper.update(micro, start))
-    n_tok = sum(u.response_tokens for u in updates)
-    n_metric = sum(u.metric_tokens for u in updates)
-    applied = [u for u in updates if not u.idle] or updates
-    metrics = {
-        "loss": float(np.mean([u.loss for u in applied])),
-        "grad_norm": float(max(u.grad_norm for u in applied)),
-        "skipped": sum(u.skipped for u in updates),
-        "idle_updates": sum(u.idle for u in updates),
-        "train_tokens": int(n_tok),
-    }
-    if n_metric:  # an idle update measures nothing: no entropy rather than a false 0
-        metrics["entropy"] = sum(u.entropy_sum for u in updates) / n_metric
-    if n_tok:
-        metrics["rectified_frac"] = sum(u.rectified_tokens for u in updates) / n_tok
-    return metrics
+    return iteration_metrics(updates)

@@ -2,8 +2,8 @@
 
 import pytest
 
+from mlx_gft.batches import batch_indices, length_batches, num_iterations
 from mlx_gft.config import ConfigError, build_config
-from mlx_gft.trainer import batch_indices, length_batches, num_iterations
 
 
 def test_batches_are_length_neighbours_and_drop_the_remainder():

@@ -13,15 +13,10 @@ from mlx_gft.config import build_config
 from mlx_gft.data import DataError, read_jsonl, tokenize_rows
 from mlx_gft.job import run
 from mlx_gft.lora import main, parse_config
-from mlx_gft.step import Stepper
-from mlx_gft.trainer import (
-    make_optimizer,
-    make_probe,
-    probe_kl,
-    reference_logprobs,
-    setup_trainable,
-    validate,
-)
+from mlx_gft.models import setup_trainable
+from mlx_gft.rollout import reference_logprobs
+from mlx_gft.step import Stepper, make_optimizer
+from mlx_gft.validation import make_probe, probe_kl, validate
 
 
 def _write(folder, rows, name="train.jsonl"):
@@ -195,9 +190,9 @@ def test_a_batch_with_nothing_to_train_on_is_skipped_and_counted(tiny_model):
     iteration is idle, not a crash, and the weights stay as they were."""
     from mlx_gft.data import Example
     from mlx_gft.groups import build_groups
+    from mlx_gft.rollout import training_arrays
     from mlx_gft.sampling import Sample
     from mlx_gft.step import run_updates
-    from mlx_gft.trainer import training_arrays
 
     model, tokenizer = load(str(tiny_model))
     config = build_config(num_layers=-1, batch_size=1, group_size=2)

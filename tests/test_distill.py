@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from mlx_gft import evaluate
-from mlx_gft.data import read_jsonl
+from mlx_gft import evaluate, sampling
+from mlx_gft.data import load_splits, read_jsonl
 from mlx_gft.distill import main, original_rows
-from mlx_gft.sampling import Sample
+from mlx_gft.models import load_model
+from mlx_gft.sampling import Sample, sample_groups
 from mlx_gft.tasks import arithmetic
 
 
@@ -59,7 +60,7 @@ def test_keep_correct_keeps_only_verified_answers(tiny_model, tmp_path, monkeypa
     questions = ["Tom has 3 pens", "What is 6 times 7?", "Ann has 9 cards"]
     answers = {"Tom has 3 pens": 7, "What is 6 times 7?": 42, "Ann has 9 cards": 7}
 
-    def fake_sampler(model, tokenizer, prompts, k, *, max_tokens, temperature, seed):
+    def fake_sampler(model, tokenizer, prompts, k, *, max_tokens, temperature, seed, **options):
         # One right and one wrong answer per prompt, found from the prompt's own text:
         # a response attached to the wrong row would fail the checks below.
         out = []
@@ -86,6 +87,63 @@ def test_keep_correct_keeps_only_verified_answers(tiny_model, tmp_path, monkeypa
     ]
     assert written[1]["id"] == "q2" and written[1]["messages"] == chat
     assert "train: 3 rows, 3 responses written of 6 sampled (kept 50.0%)" in capsys.readouterr().out
+
+
+def _responses(folder, split="valid") -> list[list[str]]:
+    return [row["teacher_responses"] for row in _rows(folder / f"{split}.jsonl")]
+
+
+@pytest.mark.slow
+def test_top_k_1_gives_the_greedy_teacher_answer(tiny_model, arithmetic_data, tmp_path):
+    argv = f"--teacher {tiny_model} --data {arithmetic_data} --splits valid --max-tokens 6"
+    main(f"{argv} --temperature 0 --num-responses 1 --output {tmp_path / 'greedy'}".split())
+    main(f"{argv} --top-k 1 --num-responses 3 --output {tmp_path / 'top1'}".split())
+    greedy = _responses(tmp_path / "greedy")
+    assert len(greedy) == 8 and all(len(r) == 1 for r in greedy)
+    assert _responses(tmp_path / "top1") == [r * 3 for r in greedy]
+
+
+@pytest.mark.slow
+def test_min_p_and_max_concurrency_reach_the_sampler(
+    tiny_model, arithmetic_data, tmp_path, monkeypatch
+):
+    joins = []
+    extend = sampling._LiveBatch.extend
+    monkeypatch.setattr(
+        sampling._LiveBatch, "extend", lambda self, o: joins.append(1) or extend(self, o)
+    )
+    # Hot enough that the random model's EOS ends some answers early, so with a cap of
+    # 2 waiting samples join a running batch.
+    argv = f"--teacher {tiny_model} --data {arithmetic_data} --splits valid --num-responses 4 "
+    argv += "--temperature 3 --max-tokens 64 --min-p 0.1"
+    main(f"{argv} --output {tmp_path / 'free'}".split())
+    assert not joins
+    main(f"{argv} --max-concurrency 2 --output {tmp_path / 'capped'}".split())
+    assert joins, "with --max-concurrency 2, waiting samples should join a running batch"
+    written = _responses(tmp_path / "free")
+    assert _responses(tmp_path / "capped") == written
+
+    # The answers are the sampler's own min-p samples of the training prompts.
+    model, tokenizer = load_model(str(tiny_model))
+    rows = load_splits(str(arithmetic_data))["valid"]
+    prompts = [e.prompt for e in evaluate.sampling_examples(rows, tokenizer, model)]
+    kw = {"max_tokens": 64, "temperature": 3.0, "seed": 0}
+    expected = [s.text for s in sample_groups(model, tokenizer, prompts, 4, min_p=0.1, **kw)]
+    assert written == [expected[i : i + 4] for i in range(0, len(expected), 4)]
+    untruncated = [s.text for s in sample_groups(model, tokenizer, prompts, 4, **kw)]
+    assert untruncated != expected
+
+
+def test_bad_sampling_options_are_usage_errors(tmp_path, capsys):
+    for flag, message in [
+        ("--top-k -3", "--top-k must be >= 0"),
+        ("--min-p 1.5", "--min-p must be in [0, 1)"),
+        ("--max-concurrency 0", "--max-concurrency must be at least 1"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(f"--teacher {tmp_path / 'm'} --num-responses 2 {flag}".split())
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_keep_correct_needs_every_answer(tmp_path):

@@ -9,14 +9,16 @@ from mlx.utils import tree_flatten
 from mlx_lm import load
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
-from mlx_gft import evaluate
+from mlx_gft import evaluate, sampling
 from mlx_gft.data import Example
-from mlx_gft.evaluate import accuracy, avg_and_pass_at_k, load_model, main, score_samples
+from mlx_gft.evaluate import accuracy, avg_and_pass_at_k, main, score_samples
+from mlx_gft.models import load_model
 from mlx_gft.sampling import Sample
 
 RESULT_KEYS = {
-    "n", "samples", "temperature", "max_tokens", "seed", "avg_at_k", "pass_at_k", "greedy",
-    "correct", "greedy_correct", "reward", "model", "adapter_path", "data", "split",
+    "n", "samples", "temperature", "top_k", "min_p", "max_concurrency", "max_tokens", "seed",
+    "avg_at_k", "pass_at_k", "greedy", "correct", "greedy_correct", "reward", "model",
+    "adapter_path", "data", "split",
 }  # fmt: skip
 
 
@@ -50,8 +52,9 @@ def test_accuracy_scores_each_problem_in_batches(monkeypatch):
     answers = ["4", "7", "10"]
     calls = []
 
-    def fake_sampler(model, tokenizer, prompts, k, *, max_tokens, temperature, seed):
+    def fake_sampler(model, tokenizer, prompts, k, *, max_tokens, temperature, seed, **options):
         calls.append((len(prompts), k, seed, temperature))
+        assert options == {"top_k": 0, "min_p": 0.0, "max_concurrency": None}  # the defaults
         first = [p[1] - 3 for p in prompts]  # the problem index, from _examples' prompt
         return [
             Sample(i, [5], f"The answer is {answers[p] if right[p][j] else 0}.", [], [], "stop")
@@ -94,6 +97,7 @@ def test_cli_writes_results_and_prints_table(tiny_model, arithmetic_data, tmp_pa
     assert len(result["greedy_correct"]) == 3 and all(c in (0, 1) for c in result["greedy_correct"])
     assert result["avg_at_k"] == pytest.approx(sum(result["correct"]) / 6)
     assert result["adapter_path"] is None and result["model"] == str(tiny_model)
+    assert (result["top_k"], result["min_p"], result["max_concurrency"]) == (0, 0.0, None)
     printed = capsys.readouterr().out
     for label in ("problems  3", "avg@2", "pass@2", "greedy", f"Results written to {out}"):
         assert label in printed
@@ -113,6 +117,89 @@ def test_cli_reads_one_jsonl_file_and_skips_rows_without_answers(tiny_model, tmp
     main(f"--model {tiny_model} --data {data} --samples 1 --max-tokens 4 --output {out}".split())
     assert json.loads(out.read_text())["n"] == 2
     assert f"skipped 1 row(s) without an 'answer' (first: {data}:2)" in capsys.readouterr().out
+
+
+def _recording_reward(folder):
+    """A `file.py:fn` reward that scores 0 and logs every completion it is given, in
+    order: the k samples of each problem, then (at T > 0) each problem's greedy answer."""
+    log = folder / "completions.jsonl"
+    (folder / "record.py").write_text(
+        "import json\n"
+        "def record(completion, **kw):\n"
+        f"    with open({str(log)!r}, 'a') as f:\n"
+        "        f.write(json.dumps(completion) + '\\n')\n"
+        "    return 0.0\n"
+    )
+
+    def completions():
+        texts = [json.loads(line) for line in log.read_text().splitlines()]
+        log.unlink()
+        return texts
+
+    return f"{folder / 'record.py'}:record", completions
+
+
+@pytest.mark.slow
+def test_cli_top_k_1_samples_the_greedy_answer(tiny_model, arithmetic_data, tmp_path, capsys):
+    reward, completions = _recording_reward(tmp_path)
+    out = tmp_path / "r.json"
+    argv = f"--model {tiny_model} --data {arithmetic_data} --split valid --limit 3 --samples 3 "
+    argv += f"--max-tokens 6 --reward {reward} --output {out}"
+    main(argv.split())
+    texts = completions()
+    sampled, greedy = texts[:9], texts[9:]
+    assert len(greedy) == 3
+    assert sampled != [g for g in greedy for _ in range(3)]  # T=1 samples are not all greedy
+
+    main(f"{argv} --top-k 1 --min-p 0.05".split())
+    texts = completions()
+    assert texts[9:] == greedy
+    assert texts[:9] == [g for g in greedy for _ in range(3)]  # top-1 of T=1 is the argmax
+    result = json.loads(out.read_text())
+    assert set(result) == RESULT_KEYS
+    assert (result["top_k"], result["min_p"], result["max_concurrency"]) == (1, 0.05, None)
+    assert "(mean over 3 samples at T=1, top-k 1, min-p 0.05)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_max_concurrency_does_not_change_the_samples(
+    tiny_model, arithmetic_data, tmp_path, monkeypatch
+):
+    joins = []
+    extend = sampling._LiveBatch.extend
+    monkeypatch.setattr(
+        sampling._LiveBatch, "extend", lambda self, o: joins.append(1) or extend(self, o)
+    )
+    reward, completions = _recording_reward(tmp_path)
+    out = tmp_path / "r.json"
+    # Hot enough that the random model's EOS ends some samples early, so with a cap of
+    # 2 waiting samples join a running batch (a cap of 1 only ever runs one at a time).
+    argv = f"--model {tiny_model} --data {arithmetic_data} --split valid --limit 4 --samples 8 "
+    argv += f"--batch-size 4 --temperature 3 --max-tokens 64 --reward {reward} --output {out}"
+    main(argv.split())
+    free, free_result = completions(), json.loads(out.read_text())
+    assert len(free) == 4 * 8 + 4 and not joins
+    for cap in (1, 2):
+        main(f"{argv} --max-concurrency {cap}".split())
+        assert completions() == free
+        result = json.loads(out.read_text())
+        assert result["max_concurrency"] == cap
+        assert result | {"max_concurrency": None} == free_result
+    assert joins, "with --max-concurrency 2, waiting samples should join a running batch"
+
+
+def test_cli_rejects_bad_sampling_options(tmp_path, capsys):
+    # Checked by the parser, before any data or model is read.
+    for flag, message in [
+        ("--top-k -1", "--top-k must be >= 0"),
+        ("--min-p 1", "--min-p must be in [0, 1)"),
+        ("--min-p nan", "--min-p must be in [0, 1)"),
+        ("--max-concurrency 0", "--max-concurrency must be at least 1"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(f"--model {tmp_path / 'm'} {flag}".split())
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def _write_random_adapters(model_path, folder) -> None:

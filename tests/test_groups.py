@@ -60,7 +60,7 @@ def test_pad_batch_masks_exactly_the_response_targets():
 
 def test_mask_truncated_drops_cut_off_samples_from_the_loss():
     from mlx_gft.config import build_config
-    from mlx_gft.trainer import training_arrays
+    from mlx_gft.rollout import training_arrays
 
     class Tok:
         eos_token_id = 2

@@ -330,13 +330,13 @@ def test_a_crash_at_any_step_of_a_save_leaves_a_checkpoint(tmp_path, monkeypatch
     import mlx.nn as nn
     import mlx.optimizers as optim
 
-    from mlx_gft import trainer
+    from mlx_gft import checkpoint
     from mlx_gft.config import build_config
 
     config = build_config(adapter_path=str(tmp_path / "ad"))
     model, opt = nn.Linear(3, 2), optim.AdamW(learning_rate=0.1)
     opt.init(model.trainable_parameters())
-    trainer.save_checkpoint(model, opt, config, {"iteration": 1}, {})
+    checkpoint.save_checkpoint(model, opt, config, {"iteration": 1}, {})
     model.update({"weight": mx.ones((2, 3))})
 
     steps = {"n": 0}
@@ -350,17 +350,17 @@ def test_a_crash_at_any_step_of_a_save_leaves_a_checkpoint(tmp_path, monkeypatch
 
         return step
 
-    monkeypatch.setattr(trainer.os, "replace", crashing(os.replace))
-    monkeypatch.setattr(trainer.shutil, "rmtree", crashing(shutil.rmtree))
-    monkeypatch.setattr(trainer.mx, "save_safetensors", crashing(mx.save_safetensors))
+    monkeypatch.setattr(checkpoint.os, "replace", crashing(os.replace))
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", crashing(shutil.rmtree))
+    monkeypatch.setattr(checkpoint.mx, "save_safetensors", crashing(mx.save_safetensors))
     try:
-        trainer.save_checkpoint(model, opt, config, {"iteration": 2}, {})
+        checkpoint.save_checkpoint(model, opt, config, {"iteration": 2}, {})
         finished = True
     except KeyboardInterrupt:
         finished = False
     monkeypatch.undo()
     fresh = nn.Linear(3, 2)
-    state, _ = trainer.load_checkpoint(fresh, optim.AdamW(learning_rate=0.1), config)
+    state, _ = checkpoint.load_checkpoint(fresh, optim.AdamW(learning_rate=0.1), config)
     assert finished == (crash_at == 7)
     assert state["iteration"] in ((2,) if finished else (1, 2))
     weight = fresh.weight.tolist()

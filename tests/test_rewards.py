@@ -1,4 +1,5 @@
-"""Tests for mlx_gft.rewards: the math verifier, built-in rewards, loading and scoring."""
+"""Tests for mlx_gft.rewards, mlx_gft.answers and mlx_gft.sympy_worker: the math verifier,
+built-in rewards, loading and scoring."""
 
 import math
 import re
@@ -9,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from mlx_gft import rewards
+from mlx_gft import answers, rewards, sympy_worker
 from mlx_gft.rewards import (
     Reward,
     RewardError,
@@ -192,19 +193,19 @@ def test_answers_match_none_and_empty():
 
 def test_pathological_symbolic_check_is_cut_off():
     answers_match("\\sqrt{2}", "\\sqrt{2}+0")  # make sure the helper is up (not timed)
-    helper = rewards._WORKER._proc
+    helper = sympy_worker._WORKER._proc
     start = time.monotonic()
     # 9^(9^(9^9)) has ~10^369693099 digits: sympy would compute for ever.
     assert not answers_match("9^{9^{9^{9}}}", "2", timeout=1.0)
     assert time.monotonic() - start < 1.0 + 1.0
     # The overrunning helper was killed and reaped; a fresh one serves the next check.
     assert helper.returncode is not None
-    assert rewards._WORKER._proc is not helper
+    assert sympy_worker._WORKER._proc is not helper
     assert answers_match("\\sqrt{8}", "2\\sqrt{2}")
     # The same pair again (samples in a group often agree) is answered from the cache.
-    replacement, start = rewards._WORKER._proc, time.monotonic()
+    replacement, start = sympy_worker._WORKER._proc, time.monotonic()
     assert not answers_match("9^{9^{9^{9}}}", "2", timeout=1.0)
-    assert time.monotonic() - start < 0.5 and rewards._WORKER._proc is replacement
+    assert time.monotonic() - start < 0.5 and sympy_worker._WORKER._proc is replacement
 
 
 def test_symbolic_check_from_another_thread():
@@ -218,8 +219,8 @@ def test_symbolic_check_from_another_thread():
 
 
 def test_helper_is_lazy_and_closes(monkeypatch):
-    worker = rewards._SympyWorker()
-    monkeypatch.setattr(rewards, "_WORKER", worker)
+    worker = sympy_worker._SympyWorker()
+    monkeypatch.setattr(sympy_worker, "_WORKER", worker)
     # Strings and numbers are decided without starting sympy.
     assert answers_match("1,000", "1000") and answers_match("\\frac12", "50\\%")
     assert not answers_match("no", "yes") and not answers_match("18 apples and", "18")
@@ -235,8 +236,8 @@ def test_helper_is_lazy_and_closes(monkeypatch):
 def test_sympy_source_is_sanitised():
     # Anything that is not arithmetic on known names never reaches parse_expr's eval.
     for hostile in ["__import__('os')", "x.__class__", "open(1)", "lambda: 1", "a[0]", "a==b"]:
-        assert rewards._to_sympy_source(rewards._normalize(hostile)) is None
-    assert rewards._to_sympy_source("2xy") == "2 x*y"
+        assert answers._to_sympy_source(answers._normalize(hostile)) is None
+    assert answers._to_sympy_source("2xy") == "2 x*y"
 
 
 # --------------------------------------------------------------------------------------
@@ -469,4 +470,4 @@ def test_long_excerpts_are_shortened():
 
 def test_words_are_not_products_of_symbols():
     assert not answers_match("no", "on")
-    assert rewards._to_sympy_source("no") is None
+    assert answers._to_sympy_source("no") is None

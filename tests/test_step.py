@@ -12,8 +12,8 @@ from mlx_lm import load
 from mlx_gft.config import build_config
 from mlx_gft.groups import pad_batch, response_start
 from mlx_gft.logprobs import chunked_logprobs, gather_logprobs, token_logprobs
+from mlx_gft.models import setup_trainable
 from mlx_gft.step import Stepper, make_loss, plan_updates, run_updates
-from mlx_gft.trainer import setup_trainable
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

@@ -259,8 +259,8 @@ def test_non_finite_steps_are_skipped_then_stop_training(tiny_model):
     from mlx_lm import load
 
     from mlx_gft.config import build_config
+    from mlx_gft.models import setup_trainable
     from mlx_gft.step import Stepper, TrainingStopped
-    from mlx_gft.trainer import setup_trainable
 
     model, _ = load(str(tiny_model))
     config = build_config(num_layers=-1, max_skipped_steps=2)
@@ -313,7 +313,8 @@ def test_probe_kl_is_zero_at_the_base_and_positive_after_a_change(tiny_model):
 
     from mlx_gft.config import build_config
     from mlx_gft.data import Example
-    from mlx_gft.trainer import make_probe, probe_kl, setup_trainable
+    from mlx_gft.models import setup_trainable
+    from mlx_gft.validation import make_probe, probe_kl
 
     model, tokenizer = load(str(tiny_model))
     config = build_config(num_layers=-1, probe_size=4, max_completion_length=8)

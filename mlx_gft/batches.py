@@ -1,0 +1,46 @@
+"""Which examples each iteration trains on: length-sorted batches as mlx_lm.lora cuts
+them, visited in a fresh order every epoch, reproducible from (seed, iteration)."""
+
+import math
+
+import numpy as np
+
+from .config import ConfigError, TrainConfig
+from .data import Example
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
+    """As mlx_lm.lora: examples sorted by length, cut into fixed batches of neighbours so a
+    batch pads little; a remainder smaller than a batch is left out."""
+    if len(lengths) < batch_size:
+        raise ConfigError(
+            f"the training set has {len(lengths)} examples, fewer than --batch-size {batch_size}"
+        )
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+
+
+def batch_indices(batches: list[np.ndarray], iteration: int, seed: int) -> list[int]:
+    """The batch of a 0-based iteration: every epoch visits the batches in a fresh order,
+    reproducible from (seed, iteration) alone, so a resumed run sees the same data."""
+    epoch, k = divmod(iteration, len(batches))
+    return [
+        int(i) for i in batches[np.random.default_rng([seed, epoch]).permutation(len(batches))[k]]
+    ]
+
+
+def train_batches(config: TrainConfig, train_set: list[Example]) -> list[np.ndarray]:
+    """The batches `train` draws from, one epoch's worth."""
+    lengths = [len(e.prompt) + len(e.expert) for e in train_set]
+    return length_batches(lengths, config.batch_size)
+
+
+def stage_iterations(config: TrainConfig, train_set: list[Example]) -> int:
+    """Iterations `train` runs for `config` on `train_set`."""
+    return num_iterations(config, len(train_batches(config, train_set)))
+
+
+def num_iterations(config: TrainConfig, batches_per_epoch: int) -> int:
+    if config.epochs is not None:
+        return max(1, math.ceil(config.epochs * batches_per_epoch))
+    return config.iters

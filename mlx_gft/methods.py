@@ -1,0 +1,87 @@
+"""The training methods in one table: what forms a group, whether the policy samples,
+which loss, which reference log-probs. The loop and the step ask this table; nothing
+else compares the method's name.
+
+| method | group members               | samples | log-probs at | references          |
+|--------|-----------------------------|---------|--------------|---------------------|
+| gft    | expert + teachers + K samples | yes   | T = 1        | none                |
+| grpo   | K samples                   | yes     | T (sampling) | old policy, base    |
+| sft    | expert                      | no      | T = 1        | none                |
+| dft    | expert                      | no      | T = 1        | none                |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import mlx.core as mx
+
+from .losses import dft_loss, gft_loss, grpo_loss, sft_loss
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+# (log p, mask, advantages, old log p, base log p, config, norm) -> scalar loss
+LossFn = Callable[[mx.array, mx.array, mx.array, mx.array, mx.array, "TrainConfig", int], mx.array]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    samples: bool  # K answers per prompt from the current policy, scored by the reward
+    expert_in_group: bool  # the expert (and teacher) answers join the sampled group
+    tempered: bool  # log-probs at the sampling temperature: the policy that sampled
+    references: bool  # needs old-policy (PPO ratio) and base (KL) log-probs
+    loss: LossFn
+
+
+def _gft(lp, mask, adv, old_lp, base_lp, config, norm):
+    return gft_loss(lp, mask, adv, config.tau, config.loss_agg, norm)
+
+
+def _sft(lp, mask, adv, old_lp, base_lp, config, norm):
+    return sft_loss(lp, mask, config.loss_agg, norm)
+
+
+def _dft(lp, mask, adv, old_lp, base_lp, config, norm):
+    return dft_loss(lp, mask, config.loss_agg, norm)
+
+
+def _grpo(lp, mask, adv, old_lp, base_lp, config, norm):
+    if config.updates_per_batch == 1:
+        # One update per sampled batch: the sampling policy is the current one, so the
+        # PPO ratio is exactly 1 in value; sg(current log p) gives it without a forward.
+        old_lp = mx.stop_gradient(lp)
+    return grpo_loss(
+        lp,
+        old_lp,
+        mask,
+        adv,
+        config.clip_eps,
+        base_log_probs=base_lp,
+        kl_coef=config.kl_coef,
+        agg=config.loss_agg,
+        norm=norm,
+    )
+
+
+METHODS = {
+    m.name: m
+    for m in (
+        Method("gft", samples=True, expert_in_group=True, tempered=False, references=False,
+               loss=_gft),
+        Method("sft", samples=False, expert_in_group=True, tempered=False, references=False,
+               loss=_sft),
+        Method("dft", samples=False, expert_in_group=True, tempered=False, references=False,
+               loss=_dft),
+        Method("grpo", samples=True, expert_in_group=False, tempered=True, references=True,
+               loss=_grpo),
+    )
+}  # fmt: skip
+
+
+def method(config: TrainConfig) -> Method:
+    """The method `config.loss` names."""
+    return METHODS[config.loss]

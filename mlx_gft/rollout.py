@@ -1,0 +1,141 @@
+"""One iteration's training batch: sample K answers per prompt, build the groups
+(expert + teachers + samples), score every member, z-score the rewards inside each
+group, and lay the members out as the arrays the step trains on. SFT and DFT skip the
+sampling and train on the expert answers."""
+
+import time
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import numpy as np
+
+from . import rewards as rewards_lib
+from .advantages import group_advantages, zero_variance_fraction
+from .config import TrainConfig
+from .data import Example
+from .groups import KINDS, Groups, build_groups, pad_batch, response_start, reward_inputs
+from .logprobs import token_logprobs
+from .methods import method
+from .models import adapters_disabled, eval_mode
+from .sampling import sample_groups
+
+
+@dataclass
+class TrainBatch:
+    """The members of one iteration's groups, ready for `step.run_updates`."""
+
+    groups: Groups
+    advantages: mx.array  # per member
+    start: int = 0  # first scored target position (the prompt before it needs no logits)
+    tokens: mx.array | None = None  # (members, width) prompt + response, right-padded
+    mask: mx.array | None = None  # (members, width - 1 - start) scored target tokens
+    old_lp: mx.array | None = None  # GRPO's old-policy log-probs (zeros otherwise)
+    base_lp: mx.array | None = None  # GRPO's base-policy log-probs (zeros otherwise)
+    metrics: dict = field(default_factory=dict)  # sampling and reward metrics
+
+    @property
+    def empty(self) -> bool:
+        """Every answer of the batch was left out: nothing to train on."""
+        return not self.groups.members
+
+    def arrays(self) -> tuple:
+        """Per-member arrays in the order the loss takes them."""
+        return (self.tokens, self.mask, self.advantages, self.old_lp, self.base_lp)
+
+
+def rollout(
+    model, tokenizer, examples: list[Example], config: TrainConfig, reward_fns, seed: int
+) -> TrainBatch:
+    """Sample, score and z-score one iteration's prompts; return the batch to train on."""
+    batch = score_groups(model, tokenizer, examples, config, reward_fns, seed)
+    if not batch.empty:
+        batch.start, arrays = training_arrays(
+            model, tokenizer, batch.groups, batch.advantages, config
+        )
+        batch.tokens, batch.mask, _, batch.old_lp, batch.base_lp = arrays
+    return batch
+
+
+def score_groups(
+    model, tokenizer, examples: list[Example], config: TrainConfig, reward_fns, seed: int
+) -> TrainBatch:
+    """The groups and their advantages (no arrays yet), with the rollout's metrics."""
+    m = method(config)
+    if not m.samples:
+        groups = build_groups(examples, [], 0, teacher_count=1, keep_truncated_expert=True)
+        return TrainBatch(groups, mx.ones((len(groups.members),)))
+    tic = time.perf_counter()
+    with eval_mode(model):  # no LoRA dropout while sampling
+        samples = sample_groups(
+            model,
+            tokenizer,
+            [e.prompt for e in examples],
+            config.group_size,
+            max_tokens=config.max_completion_length,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            seed=seed,
+        )
+    row = {
+        "sample_time": time.perf_counter() - tic,
+        "gen_tokens": sum(len(s.tokens) for s in samples),
+    }
+    groups = build_groups(
+        examples, samples, config.group_size, config.teacher_count, m.expert_in_group
+    )
+    total, columns = rewards_lib.score(reward_fns, reward_inputs(groups), config.reward_timeout)
+    adv = group_advantages(total, groups.sizes, scale=config.adv_scale)
+    kinds = np.array([member.kind for member in groups.members])
+    row["zero_var_frac"] = zero_variance_fraction(total, groups.sizes)
+    row["group_size_mean"] = float(np.mean(groups.sizes))
+    for kind in KINDS:
+        if (kinds == kind).any():
+            row[f"reward_{kind}"] = float(total[kinds == kind].mean())
+    verifier = rewards_lib.verifier_name(r.name for r in reward_fns)
+    if verifier:
+        row["sample_acc"] = float(columns[verifier][kinds == "sampled"].mean())
+    row["truncated_frac"] = float(np.mean([s.finish_reason == "length" for s in samples]))
+    # The policy's entropy on the sampled tokens the loss trains on, from the sampler.
+    trained = [s for s in samples if not (config.mask_truncated and s.finish_reason == "length")]
+    if any(s.entropy for s in trained):
+        row["entropy"] = float(np.mean([h for s in trained for h in s.entropy]))
+    row["missing_teachers"] = groups.missing_teachers
+    return TrainBatch(groups, adv, metrics=row)
+
+
+def training_arrays(model, tokenizer, groups: Groups, adv: mx.array, config: TrainConfig):
+    """(start, arrays) for the loss: the first scored target position, then per member
+    tokens, mask, advantages, old and base log-probs (GRPO)."""
+    m = method(config)
+    if m.samples or config.mask_prompt:
+        pairs = [(member.prompt, member.response) for member in groups.members]
+    else:  # mlx_lm.lora's default: SFT trains on the prompt tokens too
+        pairs = [([], member.prompt + member.response) for member in groups.members]
+    tokens, mask = pad_batch(pairs, pad_id=tokenizer.eos_token_id or 0)
+    start = response_start(mask)
+    mask = mask[:, start:]
+    if config.mask_truncated:
+        # A sample cut off before its answer is not wrong so much as unfinished (DAPO's
+        # overlong filtering): it still counts in its group's reward statistics.
+        keep = np.array([not member.truncated for member in groups.members], dtype=np.float32)
+        mask = mask * mx.array(keep)[:, None]
+    old_lp = base_lp = mx.zeros(mask.shape)
+    if m.references:
+        old_lp, base_lp = reference_logprobs(model, tokens, start, config, old_lp)
+    return start, (tokens, mask, adv, old_lp, base_lp)
+
+
+def reference_logprobs(model, tokens: mx.array, start: int, config: TrainConfig, zeros):
+    """GRPO's old-policy and base log-probs (zeros where the loss needs none), taken
+    without dropout."""
+    old_lp = base_lp = zeros
+    with eval_mode(model):
+        if config.updates_per_batch > 1:
+            # The ratio's denominator: the policy that sampled, before this batch's updates
+            # (with one update per batch the loss takes it from the current forward).
+            old_lp = token_logprobs(model, tokens, config.temperature, start=start)[0]
+            old_lp = mx.stop_gradient(old_lp)
+        if config.kl_coef:
+            with adapters_disabled(model):
+                base_lp = token_logprobs(model, tokens, config.temperature, start=start)[0]
+    return old_lp, base_lp
