@@ -70,6 +70,9 @@ class TrainConfig:
         0, "rows per forward/backward, evaluated one after another (0 = batch_size)"
     )
     micro_batch_tokens: int = opt(0, "also cap rows x padded length per micro-batch (0 = no cap)")
+    shared_prompt: bool = opt(
+        True, "run each group's prompt once in the update, for all its answers (same result)"
+    )
     resume_adapter_file: str | None = opt(None, "start from these adapter weights")
     resume: bool = opt(False, "continue the run in --adapter-path from its last checkpoint")
     adapter_path: str = opt("adapters", "where adapters and checkpoints go")

@@ -13,6 +13,8 @@ them: Cut Cross-Entropy's and TRL's chunked-NLL idea). The values are the same.
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
+from mlx_lm.models.cache import KVCache, create_attention_mask, make_prompt_cache
 
 # Logits elements per chunk (float32: 4 bytes each). A batch with fewer logits runs the
 # head in one piece: the backward's recomputation costs one more head matmul, worth it
@@ -142,13 +144,140 @@ def token_logprobs(
     head = lm_head(model)
     if head is None:
         logits = model(inputs)[:, start:]
-    else:
-        hidden = model.model(inputs)[:, start:]
-        if chunk is None:
-            chunk = default_chunk(model.args.vocab_size)
-        if 0 < chunk < hidden.shape[0] * hidden.shape[1]:
-            return chunked_logprobs(hidden, head, targets, temperature, with_entropy, chunk)
-        logits = head(hidden)
+        if temperature != 1.0:
+            logits = logits / temperature
+        return gather_logprobs(logits, targets, with_entropy)
+    hidden = model.model(inputs)[:, start:]
+    return head_logprobs(model, head, hidden, targets, temperature, with_entropy, chunk)
+
+
+def head_logprobs(model, head, hidden, targets, temperature, with_entropy, chunk):
+    """The LM head and log-softmax on the hidden states of the scored positions."""
+    if chunk is None:
+        chunk = default_chunk(model.args.vocab_size)
+    if 0 < chunk < hidden.shape[0] * hidden.shape[1]:
+        return chunked_logprobs(hidden, head, targets, temperature, with_entropy, chunk)
+    logits = head(hidden)
     if temperature != 1.0:
         logits = logits / temperature
     return gather_logprobs(logits, targets, with_entropy)
+
+
+# --------------------------------------------------------------------------------------
+# Shared prompts: a group's members all continue the same prompt.
+
+
+class _SharedPromptKV:
+    """One layer's keys/values of a prompt continued by `rows` completions: the prompt
+    pass (one row) keeps them, the completion pass sees them broadcast to every row.
+    Plain array ops (no in-place buffer as in mlx-lm's caches), so the gradient flows
+    back through the prompt: broadcasting's gradient sums the rows' contributions."""
+
+    def __init__(self):
+        self.keys = self.values = None
+        self.offset = 0
+        self.rows = 1
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        if self.keys is None:
+            self.keys, self.values = keys, values
+            self.offset = keys.shape[2]
+            return keys, values
+        k = mx.broadcast_to(self.keys, (self.rows, *self.keys.shape[1:]))
+        v = mx.broadcast_to(self.values, (self.rows, *self.values.shape[1:]))
+        return mx.concatenate([k, keys], axis=2), mx.concatenate([v, values], axis=2)
+
+    def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
+        # The completion pass starts after the prompt: causal with an offset, as KVCache.
+        return create_attention_mask(N, self.offset, return_array, window_size)
+
+
+def why_prompts_cannot_be_shared(model: nn.Module) -> str | None:
+    """None when `shared_prompt_logprobs` applies to `model`, else the reason."""
+    if lm_head(model) is None:
+        return "its LM head does not run apart from the layers"
+    if not all(type(c) is KVCache for c in make_prompt_cache(model)):
+        return "it has sliding-window, quantized or state-space caches"
+    # mlx_lm's grad_checkpoint patches the layer class: recomputing a layer in the
+    # backward would replay its cache update.
+    if getattr(type(model.layers[0]).__call__, "__name__", "") == "checkpointed_fn":
+        return "--grad-checkpoint recomputes the layers"
+    return None
+
+
+def shares_prompts(model: nn.Module) -> bool:
+    """Whether `shared_prompt_logprobs` applies: a split LM head, plain KV caches, and
+    layers that run once per forward."""
+    return why_prompts_cannot_be_shared(model) is None
+
+
+def prompt_spans(tokens, mask, start: int) -> list[tuple[int, int, int]]:
+    """(first row, end row, prompt length) for each run of consecutive rows continuing
+    the same prompt. A row's prompt ends where its scored tokens begin (`start` plus its
+    first unmasked column); rows with nothing scored get no span (nothing to compute)."""
+    tokens, mask = np.asarray(tokens), np.asarray(mask)
+    spans: list[tuple[int, int, int]] = []
+    for r in range(tokens.shape[0]):
+        cols = np.flatnonzero(mask[r])
+        if not cols.size:
+            continue
+        p = start + int(cols[0]) + 1
+        last = spans[-1] if spans else None
+        if (
+            last
+            and last[1] == r
+            and last[2] == p
+            and np.array_equal(tokens[last[0], :p], tokens[r, :p])
+        ):
+            spans[-1] = (last[0], r + 1, p)
+        else:
+            spans.append((r, r + 1, p))
+    return spans
+
+
+def shared_prompt_logprobs(
+    model: nn.Module,
+    tokens: mx.array,
+    spans: list[tuple[int, int, int]],
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    start: int = 0,
+    chunk: int | None = None,
+) -> tuple[mx.array, mx.array | None]:
+    """`token_logprobs` at the response positions, running each span's prompt once
+    (Prefix Grouper's idea): its keys/values serve every row of the span, and the
+    gradient reaches the prompt's activations through them. Positions outside the
+    spans' responses (prompts, rows without a span) are 0: callers mask them."""
+    B, L = tokens.shape
+    width = L - 1 - start
+    head = lm_head(model)
+    lps, ents, row = [], [], 0
+    zeros = mx.zeros((1, width))
+
+    def gap(rows: int, cols: int):
+        return [mx.broadcast_to(zeros[:, :cols], (rows, cols))] if rows and cols else []
+
+    for a, b, p in spans:
+        if a > row:  # rows without a span: nothing scored
+            lps += gap(a - row, width)
+            ents += gap(a - row, width)
+        cache = [_SharedPromptKV() for _ in model.layers]
+        if p > 1:
+            model.model(tokens[a : a + 1, : p - 1], cache=cache)
+        for c in cache:
+            c.rows = b - a
+        # The last prompt token predicts the first response token: it runs with the rows.
+        hidden = model.model(tokens[a:b, p - 1 : L - 1], cache=cache if p > 1 else None)
+        lp, ent = head_logprobs(
+            model, head, hidden, tokens[a:b, p:], temperature, with_entropy, chunk
+        )
+        pad = p - 1 - start
+        lps.append(mx.concatenate(gap(b - a, pad) + [lp], axis=1) if pad else lp)
+        if with_entropy:
+            ents.append(mx.concatenate(gap(b - a, pad) + [ent], axis=1) if pad else ent)
+        row = b
+    if row < B:
+        lps += gap(B - row, width)
+        ents += gap(B - row, width)
+    logp = mx.concatenate(lps, axis=0)
+    return logp, mx.concatenate(ents, axis=0) if with_entropy else None

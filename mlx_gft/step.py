@@ -19,7 +19,12 @@ from mlx.utils import tree_flatten, tree_map
 
 from . import distributed
 from .config import TrainConfig
-from .logprobs import token_logprobs
+from .logprobs import (
+    prompt_spans,
+    shared_prompt_logprobs,
+    token_logprobs,
+    why_prompts_cannot_be_shared,
+)
 from .methods import method
 from .metrics import StepStats, iteration_metrics
 
@@ -29,8 +34,9 @@ class TrainingStopped(RuntimeError):
 
 
 def make_loss(config: TrainConfig):
-    """loss(model, start, tokens, mask, advantages, old_lp, base_lp)
-    -> (loss, [response tokens, metric tokens, entropy sum, rectified tokens])."""
+    """loss(model, start, tokens, mask, advantages, old_lp, base_lp, spans=None)
+    -> (loss, [response tokens, metric tokens, entropy sum, rectified tokens]).
+    With `spans` (`logprobs.prompt_spans`) each span's prompt runs once for its rows."""
     m = method(config)
     temperature = config.temperature if m.tempered else 1.0
     norm = config.max_completion_length  # seq-mean-token-sum-norm's constant divisor
@@ -38,8 +44,19 @@ def make_loss(config: TrainConfig):
     # have no samples, so their update measures it on the expert answers.
     with_entropy = not m.samples
 
-    def loss_fn(model, start, tokens, mask, advantages, old_lp, base_lp):
-        lp, entropy = token_logprobs(model, tokens, temperature, with_entropy, start=start)
+    def loss_fn(model, start, tokens, mask, advantages, old_lp, base_lp, spans=None):
+        if spans is None:
+            lp, entropy = token_logprobs(model, tokens, temperature, with_entropy, start=start)
+        else:
+            lp, entropy = shared_prompt_logprobs(
+                model, tokens, spans, temperature, with_entropy, start=start
+            )
+            # Outside the responses the shared pass leaves 0: give every input the same
+            # 0 there, so a ratio or KL of masked positions stays finite.
+            scored = mask > 0
+            old_lp, base_lp = mx.where(scored, old_lp, 0.0), mx.where(scored, base_lp, 0.0)
+            if with_entropy:
+                entropy = mx.where(scored, entropy, 0.0)
         loss = m.loss(lp, mask, advantages, old_lp, base_lp, config, norm)
         stat_mask = mask if with_entropy else mx.zeros_like(mask)
         entropy_sum = (entropy * mask).sum() if with_entropy else mx.array(0.0)
@@ -121,7 +138,12 @@ class Stepper:
     """Compiled loss-and-gradient, plus the eager accumulate / clip / skip / update."""
 
     def __init__(
-        self, model: nn.Module, optimizer: optim.Optimizer, config: TrainConfig, ranks=None
+        self,
+        model: nn.Module,
+        optimizer: optim.Optimizer,
+        config: TrainConfig,
+        ranks=None,
+        log=print,
     ):
         self.model, self.optimizer, self.config = model, optimizer, config
         self.ranks = ranks  # an mx.distributed group: gradients are summed over its ranks
@@ -137,7 +159,28 @@ class Stepper:
             inputs=state,
             outputs=state,
         )
+        # Shared prompts: the spans' structure varies batch to batch, so this one runs
+        # eagerly (its cost is in big matmuls; compiling mostly saves small ops).
+        self.shared_value_and_grad = nn.value_and_grad(
+            model, lambda spans, *batch: loss(model, *batch, spans=spans)
+        )
+        self.shared = config.shared_prompt and method(config).samples
+        reason = why_prompts_cannot_be_shared(model) if self.shared else None
+        if reason:
+            self.shared = False
+            log(f"Note: every answer runs its own prompt in the update: {reason}.")
         self.skipped = 0
+
+    def _value_and_grad(self, start: int, batch: tuple):
+        spans = None
+        if self.shared:
+            tokens, mask = batch[0], batch[1]
+            spans = prompt_spans(tokens, mask, start)
+            if len(spans) == tokens.shape[0]:  # no prompt has two rows here: no saving
+                spans = None
+        if spans is None:
+            return self.value_and_grad(start, *batch)
+        return self.shared_value_and_grad(spans, start, *batch)
 
     def _weight(self, batch: tuple, stats: mx.array) -> mx.array:
         """The loss's divisor for this micro-batch: weighting each micro-batch's gradient by
@@ -188,7 +231,7 @@ class Stepper:
             tokens, mask, adv, old_lp, base_lp = batch
             width, n = trim_padding(tokens, mask, start)
             batch = (tokens[:, :width], mask[:, :n], adv, old_lp[:, :n], base_lp[:, :n])
-            (loss, s), g = self.value_and_grad(start, *batch)
+            (loss, s), g = self._value_and_grad(start, batch)
             w = self._weight(batch, s)
             g = tree_map(lambda x, w=w: x * w, g)
             grads = g if grads is None else tree_map(mx.add, grads, g)

@@ -70,7 +70,7 @@ def train_stage(
         log(f"Resuming from iteration {start}")
     if not probe and lead:
         probe = make_probe(model, tokenizer, valid_set or train_set, config)
-    stepper = Stepper(model, optimizer, config, ranks)
+    stepper = Stepper(model, optimizer, config, ranks, log)
     batches = train_batches(config, train_set)
     total_iters = num_iterations(config, len(batches))
     report = Reporter(config, log, enabled=lead)

@@ -35,6 +35,9 @@ VOLATILE = {
 }  # fmt: skip
 RUNS = {
     "gft": "--loss gft --group-size 3",
+    # The plain forward, every answer with its own prompt pass: the shared-prompt pass
+    # (the default) must not have changed it.
+    "gft-unshared": "--loss gft --group-size 3 --no-shared-prompt",
     "sft": "--loss sft --mask-prompt",
 }
 
