@@ -11,12 +11,15 @@ own process, so one's cached buffers do not count against the next:
   tensor (what the update did before micro-batches and the chunked head; the whole
   batch's batch_size x (K+1) rows that way would not fit this 23 GB machine);
 - gft-default: the batch's batch_size x (K+1) rows through `Stepper.update` at its
-  defaults (micro-batches of batch_size rows, one after another; LM head in chunks).
+  defaults (micro-batches of batch_size rows, one after another; LM head in chunks;
+  each group's prompt run once per micro-batch for all its rows there);
+- gft-unshared: the same with --no-shared-prompt (every row runs its own prompt).
 
     python benchmarks/memory.py                          # Qwen2.5-0.5B shape, 2 layers
     python benchmarks/memory.py --layers 24 --repeats 1  # the whole model
     python benchmarks/memory.py --shape llama-3.2-1b --layers 2
     python benchmarks/memory.py --variants loglik-bare,loglik-ours,loglik-unchunked
+    python benchmarks/memory.py --prompt-len 356 --variants gft-unshared,gft-default
 """
 
 import argparse
@@ -49,7 +52,7 @@ SHAPES = {
         vocab_size=49152, rope_theta=10000.0, tie_word_embeddings=True,
     ),
 }  # fmt: skip
-VARIANTS = ("mlx_lm-sft-step", "gft-one-pass", "gft-default")
+VARIANTS = ("mlx_lm-sft-step", "gft-one-pass", "gft-default", "gft-unshared")
 # The log-prob path alone (no loss, no optimizer), on batch_size rows: value_and_grad of
 # the answers' summed log-likelihood from the model's full logits, against the same sum
 # from `token_logprobs` (LM head from the first answer position, chunked past 2**27).
@@ -124,7 +127,11 @@ def child(args) -> dict:
     else:
         if args.variant == VARIANTS[1]:
             logprobs.CHUNK_ELEMENTS = 2**62  # the whole logits tensor at once
-            config = build_config(num_layers=-1, batch_size=args.batch, micro_batch_size=gft_rows)
+            config = build_config(
+                num_layers=-1, batch_size=args.batch, micro_batch_size=gft_rows, shared_prompt=False
+            )
+        if args.variant == VARIANTS[3]:
+            config = build_config(num_layers=-1, batch_size=args.batch, shared_prompt=False)
         start = response_start(mask)
         mask = mask[:, start:]
         adv = mx.array(rng.standard_normal(rows).astype(np.float32))
@@ -137,7 +144,8 @@ def child(args) -> dict:
             run_updates(stepper, sizes, start, arrays, config)
 
     weights = mx.get_active_memory()
-    run()  # compile and warm up
+    for _ in range(args.warmup):  # compile and warm up
+        run()
     mx.reset_peak_memory()
     times = []
     for _ in range(args.repeats):
@@ -165,6 +173,7 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=100)
     ap.add_argument("--answer-len", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1, help="unmeasured steps first")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -36,7 +36,7 @@ def test_memory_benchmarks_compare_every_variant():
     out = _run("memory.py", "--shape", "tiny", "--prompt-len", "8", "--answer-len", "8",
                "--repeats", "1")  # fmt: skip
     rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")]
-    assert rows[1:] == ["mlx_lm-sft-step", "gft-one-pass", "gft-default"]
+    assert rows[1:] == ["mlx_lm-sft-step", "gft-one-pass", "gft-default", "gft-unshared"]
     out = _run("memory_iteration.py", "--shape", "tiny", "--prompt-len", "8",
                "--answer-len", "8")  # fmt: skip
     assert "| mlx_lm.lora (SFT) |" in out and "| mlx_gft.lora (GFT) |" in out
