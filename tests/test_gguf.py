@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 from real_model import smollm_gguf, smollm_path
+from tiny_gguf import Vocab, bpe_vocab, spm_vocab, write_gguf
 
 from mlx_gft import gguf
 
@@ -304,79 +305,229 @@ def test_types_mx_load_lacks_go_through_gguf_package(tmp_path, monkeypatch):
         gguf.read_gguf(tmp_path / "k.gguf")
 
 
-def _write_tiny_gguf(path, arch: str, model, args) -> None:
-    """Export an mlx-lm model to GGUF the way llama.cpp lays it out (F32 tensors).
+# ---------------------------------------------------------------------------- tiny models
+# Each case: (GGUF architecture, mlx-lm model module, vocabulary, ModelArgs overrides).
+# Heads of 32 dims on a 64-wide model check that head_dim comes from attention.key_length.
+CASES = {
+    "llama": ("llama", "llama", "bpe", {}),
+    "qwen2": ("qwen2", "qwen2", "bpe-qwen2", {"tie_word_embeddings": True}),
+    "mistral": ("llama", "llama", "spm", {"head_dim": 32}),
+    "qwen3": ("qwen3", "qwen3", "bpe-qwen2", {"head_dim": 32, "tie_word_embeddings": True}),
+    "gemma": ("gemma", "gemma", "spm-gemma", {"head_dim": 32, "num_key_value_heads": 1}),
+    "phi3": ("phi3", "phi3", "spm", {}),
+    "phi3-longrope": (
+        "phi3",
+        "phi3",
+        "spm",
+        {
+            "rope_scaling": {
+                "type": "longrope",
+                "long_factor": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0],
+                "short_factor": [1.0, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6],
+            },
+            "max_position_embeddings": 512,
+            "original_max_position_embeddings": 128,
+        },
+    ),
+}
+BASE_ARGS = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "intermediate_size": 96,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": False,
+}
+CHAT_TEMPLATE = "{% for m in messages %}{{ bos_token + m['content'] + eos_token }}{% endfor %}"
 
-    Names and the llama q/k permutation come from mlx-lm's own GGUF exporter, so this is
-    an independent round trip; qwen2 is exported unpermuted, as llama.cpp does.
-    """
+
+def _vocab(kind: str) -> Vocab:
+    if kind.startswith("bpe"):
+        return bpe_vocab("qwen2" if kind == "bpe-qwen2" else "gpt-2")
+    return spm_vocab("gemma" if kind == "spm-gemma" else "llama")
+
+
+def _tiny_model(case: str, vocab_size: int):
+    """A seeded random mlx-lm model of the case, with every norm weight perturbed."""
+    import importlib
+
+    _, module_name, _, overrides = CASES[case]
+    module = importlib.import_module(f"mlx_lm.models.{module_name}")
+    args = module.ModelArgs.from_dict(
+        {**BASE_ARGS, **overrides, "model_type": module_name, "vocab_size": vocab_size}
+    )
+    mx.random.seed(0)
+    model = module.Model(args)
+    # Norm weights start at one (zero for Gemma); random ones catch any offset or mix-up.
+    norms = [
+        (name, mx.random.uniform(0.5, 1.5, value.shape))
+        for name, value in tree_flatten(model.parameters())
+        if name.endswith("norm.weight")
+    ]
+    model.load_weights(norms, strict=False)
+    return model, args
+
+
+def _convert_tiny(tmp_path, case: str, vocab: Vocab | None = None):
+    """(model, converted folder) for a case, through a GGUF file written like llama.cpp's."""
+    arch, _, kind, _ = CASES[case]
+    vocab = vocab or _vocab(kind)
+    model, args = _tiny_model(case, len(vocab.tokens))
+    context = args.max_position_embeddings if case == "phi3-longrope" else 128
+    write_gguf(tmp_path / "tiny.gguf", arch, model, args, vocab, context=context)
+    return model, gguf.convert_gguf(tmp_path / "tiny.gguf", tmp_path / "out")
+
+
+needs_gguf = pytest.mark.skipif(
+    importlib.util.find_spec("gguf") is None, reason="gguf package not installed"
+)
+
+
+@needs_gguf
+@pytest.mark.parametrize("case", list(CASES))
+def test_tiny_model_round_trips_through_gguf(tmp_path, case):
+    model, folder = _convert_tiny(tmp_path, case)
+    loaded, tokenizer = mlx_lm.load(str(folder))
+    assert type(loaded) is type(model)
+    ids = mx.array([[5, 77, 256, 3, 200, 9, 41, 257, 100, 17]])
+    expected = np.array(model(ids))
+    np.testing.assert_allclose(np.array(loaded(ids)), expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(expected).max() > 1  # logits large enough for the tolerance to mean something
+    if CASES[case][2].startswith("bpe"):
+        assert tokenizer.decode(tokenizer.encode("it the tattoo")) == "it the tattoo"
+        assert tokenizer.encode(" t") == [256]
+
+
+@needs_gguf
+def test_gemma_norms_are_stored_plus_one(tmp_path):
+    """The converter's -1 on Gemma norms matters: without it the logits disagree."""
+    model, folder = _convert_tiny(tmp_path, "gemma")
+    stored, _ = gguf.read_gguf(tmp_path / "tiny.gguf")
+    expected = model.model.norm.weight
+    assert mx.allclose(stored["output_norm.weight"], expected + 1)
+    loaded, _ = mlx_lm.load(str(folder))
+    assert mx.allclose(loaded.model.norm.weight, expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- SentencePiece
+
+SPM_TEXTS = [
+    "The water cycle describes how water moves.",
+    "Hello, world!",  # H is not in the vocabulary: byte fallback <0x48>
+    "In 2024, 1234567890 apples cost $3.50 (or 3,50 €).",
+    "naïve café, Zürich, 日本語, Ελληνικά, emoji 🤖🎉",
+    "line one\r\nline two\n\n\ttabbed   spaced  ",
+    " one leading space",
+    "   ",
+    "def square(x: int) -> int:\n    return x ** 2  # squared\n",
+    "",
+]
+
+
+@needs_gguf
+@pytest.mark.parametrize("style", ["llama", "gemma"])
+def test_sentencepiece_vocabulary_matches_reference(tmp_path, style):
+    """Llama 2 / Mistral / Phi-3 (word marker before the text) and Gemma (none) vocabularies."""
+    import sentencepiece as spm
+
+    vocab = spm_vocab(style)
+    vocab.chat_template = CHAT_TEMPLATE
+    _, folder = _convert_tiny(tmp_path, "mistral" if style == "llama" else "gemma", vocab)
+    _, tokenizer = mlx_lm.load(str(folder))
+    reference = spm.SentencePieceProcessor(model_proto=vocab.reference)
+    bos, eos = reference.bos_id(), reference.eos_id()
+    assert tokenizer.get_vocab() == {token: i for i, token in enumerate(vocab.tokens)}
+    for text in SPM_TEXTS:
+        ids = reference.encode(text)
+        assert tokenizer.encode(text) == [bos, *ids], text
+        assert tokenizer.decode(ids) == reference.decode(ids) == text
+        streamed = tokenizer.detokenizer  # mlx-lm's streaming decoder, as generation uses it
+        for token in ids:
+            streamed.add_token(token)
+        streamed.finalize()
+        assert streamed.text == text
+    assert "<0x48>" in tokenizer.convert_ids_to_tokens(tokenizer.encode("Hello"))
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (bos, eos)
+    assert tokenizer.unk_token_id == reference.unk_id()
+    # Control tokens match whole in text, as llama.cpp and chat templates need.
+    eos_text = reference.id_to_piece(eos)
+    assert tokenizer.encode(f"water{eos_text}", add_special_tokens=False)[-1] == eos
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert chat == f"{reference.id_to_piece(bos)}hi{eos_text}"
+    # tokenizer.model (for llama.cpp's export back to GGUF) is the same SentencePiece model.
+    written = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    for text in SPM_TEXTS:
+        assert written.encode(text) == reference.encode(text)
+    assert (written.bos_id(), written.eos_id(), written.unk_id()) == (bos, eos, reference.unk_id())
+
+
+@needs_gguf
+def test_gemma_stops_at_end_of_turn(tmp_path):
+    """Gemma's chat turns end with <end_of_turn>, which its GGUF files name nowhere but in
+    the vocabulary (eos is <eos>): like llama.cpp, generation must stop there too."""
+    vocab = spm_vocab("gemma")
+    _, folder = _convert_tiny(tmp_path, "gemma", vocab)
+    config = json.loads((folder / "config.json").read_text())
+    end_of_turn = vocab.tokens.index("<end_of_turn>")
+    assert config["eos_token_id"] == [vocab.special["eos"], end_of_turn]
+    _, tokenizer = mlx_lm.load(str(folder))
+    assert end_of_turn in tokenizer.eos_token_ids
+    ids = tokenizer.encode("<start_of_turn>user<end_of_turn>", add_special_tokens=False)
+    assert ids[0] == vocab.tokens.index("<start_of_turn>") and ids[-1] == end_of_turn
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "<start_of_turn>user"
+
+
+@needs_gguf
+def test_user_defined_tokens_match_whole(tmp_path):
+    vocab = spm_vocab("llama")
+    _, folder = _convert_tiny(tmp_path, "mistral", vocab)
+    _, tokenizer = mlx_lm.load(str(folder))
+    ids = tokenizer.encode("call <tool> now", add_special_tokens=False)
+    assert vocab.tokens.index("<tool>") in ids
+
+
+# ---------------------------------------------------------------------------- unsupported
+
+
+def _write_header_only(path, arch: str, vocab: Vocab) -> None:
     import gguf as gguf_package
-    from mlx.utils import tree_flatten
-    from mlx_lm.gguf import permute_weights, translate_weight_names
 
     writer = gguf_package.GGUFWriter(str(path), arch)
-    writer.add_block_count(args.num_hidden_layers)
-    writer.add_context_length(128)
-    writer.add_embedding_length(args.hidden_size)
-    writer.add_feed_forward_length(args.intermediate_size)
-    writer.add_head_count(args.num_attention_heads)
-    writer.add_head_count_kv(args.num_key_value_heads)
-    writer.add_layer_norm_rms_eps(args.rms_norm_eps)
-    writer.add_rope_freq_base(args.rope_theta)
-    byte_chars = list(bytes_to_unicode().values())
-    tokens = [*byte_chars, "Ġt", "<|endoftext|>"][: args.vocab_size]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2" if arch == "qwen2" else "gpt-2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([1] * (len(tokens) - 1) + [3])
-    writer.add_token_merges(["Ġ t"])
-    writer.add_eos_token_id(len(tokens) - 1)
-    for name, value in tree_flatten(model.parameters()):
-        if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
-            kv = args.num_key_value_heads if "k_proj" in name else args.num_attention_heads
-            value = permute_weights(value, args.num_attention_heads, kv)
-        writer.add_tensor(translate_weight_names(name), np.array(value, dtype=np.float32))
+    writer.add_block_count(1)
+    vocab.write(writer)
+    writer.add_tensor("token_embd.weight", np.zeros((len(vocab.tokens), 8), np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (what byte-level BPE vocabularies spell)."""
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    chars = {b: chr(b) for b in printable}
-    extra = (b for b in range(256) if b not in chars)
-    chars.update({b: chr(256 + i) for i, b in enumerate(extra)})
-    return dict(sorted(chars.items()))
+@needs_gguf
+def test_unsupported_architecture_is_rejected(tmp_path, capsys):
+    from mlx_gft import convert
+
+    _write_header_only(tmp_path / "falcon.gguf", "falcon", bpe_vocab())
+    with pytest.raises(ValueError, match="unsupported GGUF architecture 'falcon'") as err:
+        gguf.convert_gguf(tmp_path / "falcon.gguf", tmp_path / "out")
+    for arch in ("llama", "qwen2", "qwen3", "gemma", "phi3", "Mistral"):
+        assert arch in str(err.value)
+    assert not (tmp_path / "out").exists()
+    # The command line reports it as a usage error, without a traceback.
+    with pytest.raises(SystemExit) as exit_info:
+        convert.main(["--gguf", str(tmp_path / "falcon.gguf"), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert "unsupported GGUF architecture 'falcon'" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="gguf package not installed")
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_tiny_model_round_trips_through_gguf(tmp_path, arch):
-    from mlx_lm.models import llama, qwen2
-
-    module = llama if arch == "llama" else qwen2
-    args = module.ModelArgs(
-        model_type=arch,
-        hidden_size=64,
-        num_hidden_layers=2,
-        intermediate_size=96,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        rms_norm_eps=1e-6,
-        vocab_size=258,
-        rope_theta=10000.0,
-        tie_word_embeddings=arch == "qwen2",
-    )
-    mx.random.seed(0)
-    model = module.Model(args)
-    # Norm weights start at one; perturb them so a mix-up would show.
-    model.update({"model": {"norm": {"weight": mx.random.uniform(0.5, 1.5, (64,))}}})
-    _write_tiny_gguf(tmp_path / "tiny.gguf", arch, model, args)
-    folder = gguf.convert_gguf(tmp_path / "tiny.gguf", tmp_path / "out")
-    loaded, tokenizer = mlx_lm.load(str(folder))
-    ids = mx.array([[5, 77, 256, 3, 200, 9, 41, 257]])
-    np.testing.assert_allclose(np.array(loaded(ids)), np.array(model(ids)), atol=1e-4)
-    assert tokenizer.decode(tokenizer.encode("it the tattoo")) == "it the tattoo"
-    assert tokenizer.encode(" t") == [256]
+@needs_gguf
+def test_unsupported_vocabulary_is_rejected(tmp_path):
+    vocab = bpe_vocab()
+    vocab.model = "bert"
+    _write_header_only(tmp_path / "bert.gguf", "llama", vocab)
+    with pytest.raises(ValueError, match="unsupported GGUF tokenizer 'bert'.*SentencePiece"):
+        gguf.convert_gguf(tmp_path / "bert.gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
