@@ -2,10 +2,11 @@
 data, then plot what the paper says separates them (token entropy, gradient norm, drift
 from the base model, reward, held-out accuracy) and print a table of the final numbers.
 
-The default is the recipe where GFT beats SFT on held-out accuracy here: K = 8 samples
-per prompt, on the built-in task with 30% of the training answers wrong (an arithmetic
-slip SFT imitates and GFT's verifier scores 0). On clean answers SFT wins at this scale
-(docs/learning.md has both).
+The default is the built-in task with 30% of the training answers wrong (an arithmetic
+slip SFT imitates and GFT's verifier scores 0), K = 8 samples per prompt. Every method
+trains on the answer tokens only (`mask_prompt`, as GFT does), and with wrong answers
+the baselines include `sft-verified`: SFT on the rows whose expert answer the same
+verifier accepts, what a user who has GFT's verifier would run instead of GFT.
 
     python examples/why_gft.py --quick                 # embedded model and task, < 30 min
     python examples/why_gft.py --wrong-experts 0       # clean expert answers
@@ -59,6 +60,7 @@ def options(args: argparse.Namespace) -> dict:
         save_every=10_000,
         probe_size=8,
         seed=args.seed,
+        mask_prompt=True,  # SFT/DFT baselines: loss on the answer only, as GFT
     )
 
 
@@ -153,7 +155,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the < 30 min setting (default)")
     ap.add_argument("--model", help="default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--data", help="default: the built-in arithmetic task")
-    ap.add_argument("--methods", default="sft,gft", help="losses, or a+b for stages")
+    ap.add_argument(
+        "--methods",
+        help="losses, or a+b for stages (default: sft,gft; with wrong answers "
+        "sft,sft-verified,gft)",
+    )
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--learning-rate", type=float, default=3e-5)
     ap.add_argument("--group-size", type=int, default=8, help="GFT/GRPO samples per prompt")
@@ -184,9 +190,11 @@ def main() -> None:
             write_dataset(Path(args.out) / "data", seed=args.seed, wrong_experts=args.wrong_experts)
         )
 
+    if args.methods is None:
+        args.methods = "sft,sft-verified,gft" if args.wrong_experts else "sft,gft"
     outcomes = {}
     for method in args.methods.split(","):
-        grpo = args.then_grpo if method.split("+")[-1] in ("sft", "gft") else 0
+        grpo = args.then_grpo if method.split("+")[-1] in ("sft", "sft-verified", "gft") else 0
         outcomes[method] = train_method(method, args, grpo)
     base = None
     if args.eval_samples:

@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 import mlx.core as mx
+import numpy as np
 
 SCALES = ("group", "batch", "none")
 
@@ -66,3 +67,27 @@ def zero_variance_fraction(
     hi = (mx.zeros((groups,)) - mx.inf).at[ids].maximum(r)
     lo = (mx.zeros((groups,)) + mx.inf).at[ids].minimum(r)
     return (hi == lo).astype(mx.float32).mean().item()
+
+
+def scored_advantages(
+    total: np.ndarray, sizes: Sequence[int], scale: str = "group"
+) -> tuple[mx.array, float]:
+    """Group advantages and the zero-variance share of `score`'s weighted sums laid out
+    group by group, leaving out the samples no reward scored (NaN).
+
+    Such a sample gets A = 0 and changes neither its group's mean nor its spread, as if it
+    were not there; a group with no scored sample counts as zero-variance. Without NaN this
+    is exactly `group_advantages` and `zero_variance_fraction`."""
+    total = np.asarray(total, dtype=np.float64)
+    scored = ~np.isnan(total)
+    if scored.all():
+        return group_advantages(total, sizes, scale=scale), zero_variance_fraction(total, sizes)
+    group_of = np.repeat(np.arange(len(sizes)), sizes)
+    kept = np.bincount(group_of[scored], minlength=len(sizes))
+    adv = np.zeros(len(total), dtype=np.float32)
+    flat = float(np.sum(kept == 0))  # groups with nothing scored teach nothing
+    if scored.any():
+        kept_sizes = [int(k) for k in kept if k]
+        adv[scored] = np.array(group_advantages(total[scored], kept_sizes, scale=scale))
+        flat += round(zero_variance_fraction(total[scored], kept_sizes) * len(kept_sizes))
+    return mx.array(adv), flat / len(sizes)

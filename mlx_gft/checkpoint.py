@@ -43,7 +43,23 @@ def write_safetensors(path: Path, arrays: dict[str, mx.array]) -> None:
 
 def adapter_config(config: TrainConfig) -> dict:
     """adapter_config.json as mlx_lm.load / mlx_lm.fuse read it, plus the rest of the args."""
-    return {**asdict(config), "lora_parameters": {"dropout": 0.0, **config.lora_parameters}}
+    lora = {"dropout": 0.0, **config.lora_parameters}
+    return {**asdict(config), "model": recorded_model(config), "lora_parameters": lora}
+
+
+def recorded_model(config: TrainConfig) -> str | None:
+    """The model as mlx-lm tools can load it (`mlx_lm.generate --model`, `mlx_lm.fuse
+    --model`): for the embedded default model or a .gguf file, the converted folder the
+    run loaded, since mlx-lm reads neither; anything else as given."""
+    model = config.model
+    if model is not None and not model.endswith(".gguf"):
+        return model
+    from .gguf import resolve_model_path
+
+    try:
+        return resolve_model_path(model, config.model_dtype)  # cached: no new conversion
+    except FileNotFoundError:  # the default model is not installed: nothing to point at
+        return model
 
 
 def save_adapters(model: nn.Module, config: TrainConfig, iteration: int | None = None) -> None:

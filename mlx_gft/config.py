@@ -5,6 +5,7 @@ parser has no defaults of its own, so it can never mask a YAML value).
 """
 
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -49,7 +50,14 @@ class TrainConfig:
     model_dtype: str | None = opt(
         None, "for .gguf models: float32, bfloat16, float16 or keep-quantized (default: per device)"
     )
+    trust_remote_code: bool = opt(False, "let the tokenizer/model run code from the model's repo")
     data: str | None = opt(None, "folder with train/valid/test.jsonl or Hub dataset")
+    # Data columns, mlx_lm's names and defaults (a prompt alone is a prompt-only row).
+    prompt_feature: str = opt("prompt", "column with the prompt: text or chat messages")
+    completion_feature: str = opt("completion", "column with the expert answer")
+    answer_feature: str = opt("answer", "column with the ground truth a verifier checks")
+    chat_feature: str = opt("messages", "column with a chat ending in the expert answer")
+    text_feature: str = opt("text", "column with plain text (SFT/DFT: no prompt)")
     train: bool = opt(False, "run training")
     test: bool = opt(False, "evaluate on the test set after training")
     # mlx_lm.lora's options, same spellings and defaults.
@@ -83,15 +91,22 @@ class TrainConfig:
         "error", "prompts not shorter than max_seq_length: error, skip or truncate (keep the end)"
     )
     grad_checkpoint: bool = opt(False, "recompute activations to save memory")
+    clear_cache_threshold: int = opt(
+        0, "free MLX's buffer cache after an iteration when over this many bytes (500M, 2G)"
+    )
     seed: int = opt(0, "seed for data order, sampling and dropout")
-    report_to: str | None = opt(None, "jsonl and/or wandb, comma-separated")
-    project_name: str | None = opt(None, "wandb project name")
+    report_to: str | None = opt(
+        None, "wandb, swanlab and/or tensorboard, comma-separated (metrics.jsonl: always)"
+    )
+    project_name: str | None = opt(None, "wandb/swanlab project (default: this folder's name)")
     lora_parameters: dict = opt(
         {"rank": 8, "scale": 20.0, "dropout": 0.0}, "YAML: rank, scale, dropout, keys"
     )
     lr_schedule: dict | None = opt(None, "YAML: name, arguments, warmup, warmup_init")
     # GFT.
-    loss: str = opt("gft", "gft, sft, dft or grpo")
+    loss: str = opt(
+        "gft", "gft, sft, sft-verified (SFT on the expert answers the reward accepts), dft, grpo"
+    )
     group_size: int = opt(4, "K self-samples per prompt")
     teacher_count: int = opt(4, "off-policy members per group incl. the expert")
     tau: float = opt(0.5, "DCR threshold: tokens with p <= tau get weight 1")
@@ -137,7 +152,11 @@ class TrainConfig:
             self.reward_weights = [_number("reward_weights", w, float) for w in self.reward_weights]
 
     def validate(self) -> "TrainConfig":
+        self.clear_cache_threshold = parse_size(self.clear_cache_threshold)
         self._check_types()
+        from .metrics import report_services  # (metrics imports this module)
+
+        report_services(self.report_to)  # unknown services, missing packages: fail now
         choices = {
             "fine_tune_type": ("lora", "dora", "full"),
             "optimizer": ("adam", "adamw", "sgd", "adafactor", "muon"),
@@ -201,8 +220,10 @@ class TrainConfig:
 
 # What a stage may not change: the trainable layers are set up once for all stages.
 RUN_WIDE = (
-    "model", "model_dtype", "data", "train", "test", "fine_tune_type", "num_layers",
-    "lora_parameters", "adapter_path", "resume", "stages", "seed",
+    "model", "model_dtype", "trust_remote_code", "data", "train", "test", "fine_tune_type",
+    "num_layers", "lora_parameters", "adapter_path", "resume", "stages", "seed",
+    # The data is loaded once for every stage, so its column mapping is the run's.
+    "prompt_feature", "completion_feature", "answer_feature", "chat_feature", "text_feature",
 )  # fmt: skip
 
 
@@ -244,6 +265,27 @@ def _number(name: str, value: Any, kind: type) -> Any:
     return number
 
 
+def parse_size(value: Any) -> int:
+    """Bytes as mlx_lm.lora's --clear-cache-threshold reads them: 1000000, 500M, 1.5GB."""
+    units = {"": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9}
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", str(value))
+    if isinstance(value, bool) or not match or match[2].upper() not in units:
+        raise ConfigError(f"clear_cache_threshold: expected bytes (500M, 2G), got {value!r}")
+    return int(float(match[1]) * units[match[2].upper()])
+
+
+class _Yaml(yaml.SafeLoader):
+    """mlx_lm.lora's YAML reading: `1e-5` (no dot) is a float, also where no field type
+    converts it (optimizer_config, lr_schedule arguments)."""
+
+
+_Yaml.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def closest_key(key: str, known) -> str | None:
     """The known key a user most likely meant: another tool's name for it, or the
     nearest spelling."""
@@ -268,11 +310,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.load(path.read_text(), _Yaml) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value at the top level")
+    nested = values.pop("config", None)  # mlx_lm.lora's key for -c itself
+    if nested is not None and Path(str(nested)).resolve() != path.resolve():
+        raise ConfigError(f"{path}: config: {nested!r}: one config file only; pass it with -c")
     known = field_names()
     for key in values:
         norm = key.replace("-", "_")

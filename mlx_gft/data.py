@@ -1,33 +1,34 @@
 """Datasets: read JSONL (or a Hub dataset), validate every row, tokenize prompts and answers.
 
-Row formats, detected per row as mlx-lm does: chat `messages` (the last assistant
-message is the expert answer), `prompt`/`completion`, or `text` (SFT/DFT only: it has no
-prompt to sample from). GFT extras: `answer` (ground truth for a verifier) and
-`teacher_responses` (or `responses`), a list of further expert-quality answers.
-Every answer is tokenized exactly as the chat template lays it out after the prompt and
-ends with the EOS token, which is trained.
+The row formats (mlx_lm's and TRL's, column names per the `*_feature` options) are in
+`formats`. A split is `<split>.jsonl` in a folder (`valid` may be `validation.jsonl`) or
+the Hub dataset's split of that name (`valid` or `validation`). GFT extras: `answer`
+(ground truth for a verifier) and `teacher_responses` (or `responses`), a list of further
+expert-quality answers. Every answer is tokenized exactly as the chat template lays it
+out after the prompt and ends with the EOS token, which is trained.
 """
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .formats import DataError, Features, parse_row
+
+if TYPE_CHECKING:
+    from .methods import Method
 
 SPLITS = ("train", "valid", "test")
-
-
-class DataError(ValueError):
-    """A dataset problem, located at file:line (and field) so it can be fixed."""
-
-    def __init__(self, where: str, message: str):
-        super().__init__(f"{where}: {message}")
-        self.where = where
+# The names a split may have in a folder or on the Hub; the first one found is read.
+SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation"), "test": ("test",)}
+SET_NAMES = {"train": "training set", "valid": "validation set", "test": "test set"}
 
 
 @dataclass
 class Example:
     prompt: list[int]  # prompt tokens, chat template with the generation prompt
-    expert: list[int]  # expert answer tokens, ending with EOS
+    expert: list[int]  # expert answer tokens, ending with EOS; [] for a prompt-only row
     teachers: list[list[int]] = field(default_factory=list)
     prompt_text: str = ""
     expert_text: str = ""
@@ -41,71 +42,6 @@ class Example:
 def has_answers(examples: list[Example]) -> bool:
     """Every example has a reference answer, so a verifier can grade its samples."""
     return all(e.answer is not None for e in examples)
-
-
-def _str_field(row: dict, key: str, where: str) -> str:
-    value = row[key]
-    if not isinstance(value, str):
-        raise DataError(f"{where}: field '{key}'", f"expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise DataError(f"{where}: field '{key}'", "is empty")
-    return value
-
-
-def parse_row(row: Any, where: str) -> dict[str, Any]:
-    """Check one row's shape; return {messages, response, text, answer, teachers, columns}."""
-    if not isinstance(row, dict):
-        raise DataError(where, f"expected a JSON object, got {type(row).__name__}")
-    out: dict[str, Any] = {"messages": None, "response": None, "text": None}
-    if "messages" in row:
-        msgs = row["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            raise DataError(f"{where}: field 'messages'", "expected a non-empty list of messages")
-        for i, m in enumerate(msgs):
-            if (
-                not isinstance(m, dict)
-                or not isinstance(m.get("role"), str)
-                or not isinstance(m.get("content"), str)
-            ):
-                raise DataError(
-                    f"{where}: field 'messages[{i}]'", 'expected {"role": str, "content": str}'
-                )
-        if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
-            raise DataError(
-                f"{where}: field 'messages'",
-                "the last message must be a non-empty assistant answer",
-            )
-        out["messages"], out["response"] = msgs[:-1], msgs[-1]["content"]
-    elif "prompt" in row or "completion" in row:
-        for key in ("prompt", "completion"):
-            if key not in row:
-                raise DataError(
-                    where,
-                    f"has '{'prompt' if key == 'completion' else 'completion'}' but no '{key}'",
-                )
-        prompt = _str_field(row, "prompt", where)
-        out["messages"] = [{"role": "user", "content": prompt}]
-        out["response"] = _str_field(row, "completion", where)
-    elif "text" in row:
-        out["text"] = _str_field(row, "text", where)
-    else:
-        raise DataError(where, "no 'messages', 'prompt'/'completion' or 'text' field")
-
-    answer = row.get("answer")
-    if answer is not None:
-        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
-            answer = str(answer)
-        if not isinstance(answer, str):
-            raise DataError(f"{where}: field 'answer'", "expected a string or a number")
-    out["answer"] = answer
-    key = "teacher_responses" if "teacher_responses" in row else "responses"
-    teachers = row.get(key, [])
-    if not isinstance(teachers, list) or not all(isinstance(t, str) for t in teachers):
-        raise DataError(f"{where}: field '{key}'", "expected a list of strings")
-    out["teachers"] = [t for t in teachers if t.strip()]
-    skip = {"messages", "prompt", "completion", "text", "answer", "teacher_responses", "responses"}
-    out["columns"] = {k: v for k, v in row.items() if k not in skip}
-    return out
 
 
 def raw_rows(path: Path) -> list[tuple[str, Any]]:
@@ -134,9 +70,9 @@ def raw_rows(path: Path) -> list[tuple[str, Any]]:
     return rows
 
 
-def read_jsonl(path: Path) -> list[tuple[str, dict]]:
+def read_jsonl(path: Path, features: Features | None = None) -> list[tuple[str, dict]]:
     """Parse and validate every line of a JSONL file before anything is tokenized."""
-    return [(where, parse_row(row, where)) for where, row in raw_rows(path)]
+    return [(where, parse_row(row, where, features)) for where, row in raw_rows(path)]
 
 
 def _eos_ids(tokenizer) -> set[int]:
@@ -146,13 +82,21 @@ def _eos_ids(tokenizer) -> set[int]:
     return ids
 
 
-def prompt_tokens(tokenizer, messages: list[dict]) -> list[int]:
+def _template(tokenizer, messages: list[dict], tools: list | None, **kwargs) -> list[int]:
+    if tools:  # only when given: not every chat template function takes the argument
+        kwargs["tools"] = tools
+    return list(tokenizer.apply_chat_template(messages, **kwargs))
+
+
+def prompt_tokens(tokenizer, messages: list[dict], tools: list | None = None) -> list[int]:
     if getattr(tokenizer, "has_chat_template", False):
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-    return tokenizer.encode("\n".join(m["content"] for m in messages))
+        return _template(tokenizer, messages, tools, add_generation_prompt=True)
+    return tokenizer.encode("\n".join(m.get("content", "") for m in messages))
 
 
-def response_tokens(tokenizer, messages: list[dict], prompt: list[int], text: str) -> list[int]:
+def response_tokens(
+    tokenizer, messages: list[dict], prompt: list[int], text: str, tools: list | None = None
+) -> list[int]:
     """The answer's tokens as the chat template lays them after `prompt`, cut after EOS.
 
     Templates often add a newline after the end-of-turn token; a sample stops at EOS, so
@@ -162,7 +106,7 @@ def response_tokens(tokenizer, messages: list[dict], prompt: list[int], text: st
     tokens: list[int] | None = None
     if getattr(tokenizer, "has_chat_template", False):
         answer = {"role": "assistant", "content": text}
-        full = list(tokenizer.apply_chat_template(messages + [answer]))
+        full = _template(tokenizer, messages + [answer], tools)
         if full[: len(prompt)] == prompt:
             tokens = full[len(prompt) :]
     if tokens is None:
@@ -171,6 +115,44 @@ def response_tokens(tokenizer, messages: list[dict], prompt: list[int], text: st
         if t in eos:
             return tokens[: i + 1]
     return tokens + [tokenizer.eos_token_id]
+
+
+def _features(row: dict) -> Features:
+    return row.get("features") or Features()
+
+
+def _text_row_error(where: str, row: dict, why: str) -> DataError:
+    return DataError(
+        f"{where}: field '{_features(row).text}'",
+        f"a text row has no prompt to sample answers for{why}; use prompt/completion or "
+        "chat rows (or --loss sft)",
+    )
+
+
+def _example(where: str, row: dict, tokenizer, needs_prompt: bool) -> Example:
+    """One validated row, tokenized (before any length check)."""
+    if row["text"] is not None:
+        if needs_prompt:
+            raise _text_row_error(where, row, "")
+        expert = tokenizer.encode(row["text"]) + [tokenizer.eos_token_id]
+        return Example(prompt=[], expert=expert, expert_text=row["text"], where=where)
+    messages, tools, response = row["messages"], row.get("tools"), row["response"]
+    prompt = prompt_tokens(tokenizer, messages, tools)
+
+    def answer(text: str) -> list[int]:
+        return response_tokens(tokenizer, messages, prompt, text, tools)
+
+    return Example(
+        prompt=prompt,
+        expert=answer(response) if response is not None else [],
+        teachers=[answer(t) for t in row["teachers"]],
+        prompt_text=messages[-1].get("content", "") if messages else "",
+        expert_text=response or "",
+        teacher_texts=row["teachers"],
+        answer=row["answer"],
+        columns=row["columns"],
+        where=where,
+    )
 
 
 def tokenize_rows(
@@ -189,32 +171,8 @@ def tokenize_rows(
     Teacher answers longer than the room are dropped with their texts."""
     examples, long, long_answers = [], [], []
     for where, row in rows:
-        if row["text"] is not None:
-            if needs_prompt:
-                raise DataError(
-                    where,
-                    "a 'text' row has no prompt to sample answers for; "
-                    "use 'prompt'/'completion' or 'messages' (or --loss sft)",
-                )
-            expert = tokenizer.encode(row["text"])
-            expert = expert + [tokenizer.eos_token_id]
-            prompt: list[int] = []
-            ex = Example(prompt=[], expert=expert, expert_text=row["text"])
-        else:
-            prompt = prompt_tokens(tokenizer, row["messages"])
-            ex = Example(
-                prompt=prompt,
-                expert=response_tokens(tokenizer, row["messages"], prompt, row["response"]),
-                teachers=[
-                    response_tokens(tokenizer, row["messages"], prompt, t) for t in row["teachers"]
-                ],
-                prompt_text=row["messages"][-1]["content"] if row["messages"] else "",
-                expert_text=row["response"],
-                teacher_texts=row["teachers"],
-                answer=row["answer"],
-                columns=row["columns"],
-            )
-        ex.where = where
+        ex = _example(where, row, tokenizer, needs_prompt)
+        prompt = ex.prompt
         if len(prompt) >= max_seq_length:
             long.append((where, len(prompt)))
             if long_prompts == "error":
@@ -269,21 +227,70 @@ def check_answers_consistent(rows: list[tuple[str, dict]], verifier: str | None 
     with the default reward, rows with `answer` and rows without it in one split would
     silently make it token F1 for the whole run. Stop, naming the first row without."""
     having = [where for where, row in rows if row.get("answer") is not None]
-    missing = [where for where, row in rows if row.get("answer") is None]
-    if verifier and missing:
+    missing = [(where, row) for where, row in rows if row.get("answer") is None]
+    if not missing:
+        return
+    where, row = missing[0]
+    key = _features(row).answer
+    if verifier:
         raise DataError(
-            f"{missing[0]}: field 'answer'",
+            f"{where}: field '{key}'",
             f"missing; the {verifier!r} reward needs the ground truth of every row",
         )
-    if having and missing:
+    if having:
         raise DataError(
-            f"{missing[0]}: field 'answer'",
+            f"{where}: field '{key}'",
             f"missing, but {len(having)} other row(s) have it (first: {having[0]}); give "
             "every row its ground-truth answer, or none (then the reward is token F1)",
         )
 
 
-def _hub_rows(data_id: str, split: str) -> list[tuple[str, dict]]:
+def check_method_rows(
+    splits: Mapping[str, list[tuple[str, dict]]], method: "Method", reward: list[str] | None
+) -> None:
+    """Before the model loads: every row has what `method` needs. Sampling needs a prompt
+    (no `text` row in any split); in the training set SFT/DFT need the expert answer,
+    GFT's group an expert or teacher answer, and the default reward (token F1 against
+    the expert answer) an expert or an `answer` to compare with."""
+    for split, rows in splits.items():
+        for where, row in rows:
+            if row["text"] is not None and method.samples:
+                raise _text_row_error(where, row, f" (--loss {method.name} samples answers)")
+            if split == "train" and row["text"] is None and row["response"] is None:
+                _check_prompt_only(where, row, method, reward)
+
+
+def _check_prompt_only(where: str, row: dict, method: "Method", reward: list[str] | None) -> None:
+    f = _features(row)
+    missing = f"has '{f.prompt}' but no '{f.completion}'"
+    if not method.samples:
+        raise DataError(
+            where,
+            f"{missing}: --loss {method.name} trains on the expert answer; train prompt-only "
+            "rows with --loss grpo (or gft with teacher answers)",
+        )
+    if method.expert_in_group and not row["teachers"]:
+        raise DataError(
+            where,
+            f"{missing} nor teacher answers ('teacher_responses'): --loss {method.name} learns "
+            "from an expert or teacher answer in each group; train prompt-only rows with "
+            "--loss grpo, or add teacher answers with python -m mlx_gft.distill",
+        )
+    if not reward and row["answer"] is None:
+        raise DataError(
+            where,
+            f"{missing} nor '{f.answer}': the default reward (token F1 against the expert "
+            f"answer) has nothing to compare with; add the '{f.answer}' column or pass --reward",
+        )
+
+
+def _parsed(rows: Iterable[Any], label: str, features: Features | None) -> list[tuple[str, dict]]:
+    return [(f"{label}:{i}", parse_row(r, f"{label}:{i}", features)) for i, r in enumerate(rows, 1)]
+
+
+def _hub_rows(data_id: str) -> Mapping[str, Sequence[Any]]:
+    """Every split of a Hub dataset by name, as mlx_lm loads it: the one call that goes
+    to the network (tests replace it)."""
     try:
         import datasets
     except ImportError:
@@ -291,35 +298,71 @@ def _hub_rows(data_id: str, split: str) -> list[tuple[str, dict]]:
             data_id, "not a local folder; loading a Hub dataset needs `pip install datasets`"
         ) from None
     try:
-        ds = datasets.load_dataset(data_id, split=split)
-    except ValueError:  # the dataset has no such split
-        return []
-    return [
-        (f"{data_id}[{split}]:{i + 1}", parse_row(dict(r), f"{data_id}[{split}]:{i + 1}"))
-        for i, r in enumerate(ds)
-    ]
+        return datasets.load_dataset(data_id)
+    except Exception as e:  # not found, offline, needs a config name: an error, no traceback
+        raise DataError(
+            data_id, f"no such folder, and no Hub dataset loads ({type(e).__name__}: {e})"
+        ) from e
 
 
-def load_splits(data: str | None, **task_kwargs: Any) -> dict[str, list[tuple[str, dict]]]:
-    """Validated rows of each split: a local folder, a Hub dataset id, or the built-in task."""
+def _split_names(available: list[str]) -> dict[str, str | None]:
+    """{split: its name among `available` (train, valid or validation, test), or None}."""
+    return {s: next((n for n in SPLIT_NAMES[s] if n in available), None) for s in SPLITS}
+
+
+def _missing(split: str, available: list[str]) -> str:
+    return f"the {SET_NAMES[split]} is missing (found: {', '.join(available) or 'nothing'})"
+
+
+def _hub_splits(data_id: str, features: Features | None, need: Sequence[str]) -> dict:
+    found = _hub_rows(data_id)
+    names = _split_names(list(found))
+    for split in need:
+        if names[split] is None:
+            raise DataError(data_id, f"no '{split}' split: {_missing(split, list(found))}")
+    # A Hub row is a dict of its split's columns: checked like a JSON row.
+    return {
+        s: _parsed(found[n], f"{data_id}[{n}]", features) if n else [] for s, n in names.items()
+    }
+
+
+def _folder_splits(folder: Path, features: Features | None, need: Sequence[str]) -> dict:
+    found = sorted(p.name for p in folder.glob("*.jsonl") if p.is_file())
+    names = _split_names([name.removesuffix(".jsonl") for name in found])
+    for split in need:
+        if names[split] is None:
+            raise DataError(str(folder / f"{split}.jsonl"), f"not found: {_missing(split, found)}")
+    return {s: read_jsonl(folder / f"{n}.jsonl", features) if n else [] for s, n in names.items()}
+
+
+def load_splits(
+    data: str | None,
+    *,
+    features: Features | None = None,
+    need: Sequence[str] = (),
+    **task_kwargs: Any,
+) -> dict[str, list[tuple[str, dict]]]:
+    """Validated rows of each split: a local folder, a Hub dataset id, or the built-in
+    task. `features` names the columns; a split in `need` that is absent is an error
+    that says which splits there are."""
     if data is None:
         from .tasks import arithmetic
 
         return {
-            split: [
-                (f"<built-in task>[{split}]:{i + 1}", parse_row(r, split))
-                for i, r in enumerate(rows)
-            ]
+            split: _parsed(rows, f"<built-in task>[{split}]", None)
             for split, rows in arithmetic.make_dataset(**task_kwargs).items()
         }
     path = Path(data)
     if path.is_file():
         raise DataError(data, "expected a folder with train.jsonl / valid.jsonl / test.jsonl")
     if path.is_dir():
-        return {
-            s: read_jsonl(path / f"{s}.jsonl") if (path / f"{s}.jsonl").exists() else []
-            for s in SPLITS
-        }
+        return _folder_splits(path, features, need)
     if data.startswith((".", "/", "~")) or data.count("/") != 1:
         raise DataError(data, "no such folder")
-    return {s: _hub_rows(data, "validation" if s == "valid" else s) for s in SPLITS}
+    return _hub_splits(data, features, need)
+
+
+def load_run_splits(config: Any) -> dict[str, list[tuple[str, dict]]]:
+    """The splits a TrainConfig's run reads: its columns, and the splits it needs."""
+    need = [split for split in ("train", "test") if getattr(config, split)]
+    return load_splits(config.data, features=Features.of(config), need=need)

@@ -13,6 +13,7 @@ output is a complete dataset for `python -m mlx_gft.lora --data OUT`.
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .checkpoint import write_jsonl
 from .data import SPLITS, DataError, parse_row, raw_rows
 from .evaluate import check_sampling_options, sampled_batches, sampling_examples
 from .models import LoadError, load_model
+from .progress import Progress
 
 
 @dataclass
@@ -67,11 +69,13 @@ def distill_split(
     top_k: int = 0,
     min_p: float = 0.0,
     max_concurrency: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[list[dict], SplitStats]:
     """The rows with the teacher's answers added, in the same order, and counts.
 
     top_k and min_p truncate the teacher's sampling; max_concurrency caps the samples
-    decoded at once (memory) without changing them.
+    decoded at once (memory) without changing them. `progress(n)` after each batch of
+    n rows.
     """
     parsed = [(where, parse_row(row, where)) for where, row in rows]
     if keep_correct:
@@ -104,6 +108,8 @@ def distill_split(
             row = dict(rows[len(out)][1])  # one output row per input row, in order
             row["teacher_responses"] = existing_responses(row) + texts
             out.append(row)
+        if progress is not None:
+            progress(len(chunk))
     return out, stats
 
 
@@ -156,20 +162,22 @@ def distill(args: argparse.Namespace, log=print) -> dict[str, SplitStats]:
         if not rows[split]:
             continue
         if split in splits:
-            new, stats[split] = distill_split(
-                model,
-                tokenizer,
-                rows[split],
-                args.num_responses,
-                args.keep_correct,
-                args.temperature,
-                args.max_tokens,
-                args.seed,
-                args.batch_size,
-                top_k=args.top_k,
-                min_p=args.min_p,
-                max_concurrency=args.max_concurrency,
-            )
+            with Progress(len(rows[split]), f"Distilling {split}", log, unit="rows") as progress:
+                new, stats[split] = distill_split(
+                    model,
+                    tokenizer,
+                    rows[split],
+                    args.num_responses,
+                    args.keep_correct,
+                    args.temperature,
+                    args.max_tokens,
+                    args.seed,
+                    args.batch_size,
+                    top_k=args.top_k,
+                    min_p=args.min_p,
+                    max_concurrency=args.max_concurrency,
+                    progress=progress.update,
+                )
             log(summary_line(split, stats[split]))
         else:
             new = [row for _, row in rows[split]]

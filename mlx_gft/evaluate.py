@@ -11,7 +11,7 @@ answer. The numbers, per-problem counts and settings go to a JSON file.
 import argparse
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from .checkpoint import write_json
 from .data import DataError, Example, load_splits, read_jsonl, tokenize_rows
 from .groups import Groups, Member, reward_inputs
 from .models import LoadError, load_model
+from .progress import Progress
 from .sampling import sample_groups
 
 
@@ -84,8 +85,10 @@ def score_samples(
     top_k: int = 0,
     min_p: float = 0.0,
     max_concurrency: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """Rewards (problems, samples) and the sampled texts, `batch_size` prompts at a time."""
+    """Rewards (problems, samples) and the sampled texts, `batch_size` prompts at a time;
+    `progress(n)` after each batch of n problems."""
     reward_fns = rewards_lib.load_rewards([reward])
     scores, texts = [], []
     batches = sampled_batches(
@@ -109,6 +112,8 @@ def score_samples(
         total, _ = rewards_lib.score(reward_fns, reward_inputs(Groups(members, [])))
         scores.append(total.reshape(len(chunk), samples))
         texts += [[s.text for s in outs[i : i + samples]] for i in range(0, len(outs), samples)]
+        if progress is not None:
+            progress(len(chunk))
     table = np.concatenate(scores) if scores else np.zeros((0, samples))
     return table, texts
 
@@ -127,6 +132,7 @@ def accuracy(
     top_k: int = 0,
     min_p: float = 0.0,
     max_concurrency: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Score `samples` answers per prompt; temperature 0 is greedy (then samples = 1).
 
@@ -148,6 +154,7 @@ def accuracy(
         top_k=top_k,
         min_p=min_p,
         max_concurrency=max_concurrency,
+        progress=progress,
     )
     avg, passed = avg_and_pass_at_k(table)
     return {
@@ -227,22 +234,27 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
         max_concurrency=args.max_concurrency,
     )
     # Truncation is for the k samples only: it never changes the greedy argmax.
-    sampled = accuracy(
-        model,
-        tokenizer,
-        examples,
-        args.reward,
-        args.samples,
-        args.temperature,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        **common,
-    )
-    greedy = (
-        sampled
-        if args.temperature == 0
-        else accuracy(model, tokenizer, examples, args.reward, 1, 0.0, **common)
-    )
+    what = "Greedy" if args.temperature == 0 else f"Sampling {args.samples} per problem"
+    with Progress(len(examples), what, log) as progress:
+        sampled = accuracy(
+            model,
+            tokenizer,
+            examples,
+            args.reward,
+            args.samples,
+            args.temperature,
+            top_k=args.top_k,
+            min_p=args.min_p,
+            progress=progress.update,
+            **common,
+        )
+    if args.temperature == 0:
+        greedy = sampled
+    else:
+        with Progress(len(examples), "Greedy", log) as progress:
+            greedy = accuracy(
+                model, tokenizer, examples, args.reward, 1, 0.0, progress=progress.update, **common
+            )
     return {
         "n": sampled["n"],
         "samples": sampled["samples"],

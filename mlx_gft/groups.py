@@ -52,10 +52,12 @@ def build_groups(
     for i, ex in enumerate(examples):
         group = []
         if include_offpolicy:
-            if keep_truncated_expert or not ex.expert_truncated:
+            if ex.expert and (keep_truncated_expert or not ex.expert_truncated):
                 group.append(Member(ex.prompt, ex.expert, "expert", ex.expert_text, ex))
-            teachers = list(zip(ex.teachers, ex.teacher_texts, strict=True))[: teacher_count - 1]
-            missing += max(teacher_count - 1 - len(teachers), 0)
+            # A prompt-only row (no expert answer) gives the expert's slot to a teacher.
+            slots = teacher_count - 1 if ex.expert else teacher_count
+            teachers = list(zip(ex.teachers, ex.teacher_texts, strict=True))[:slots]
+            missing += max(slots - len(teachers), 0)
             group += [Member(ex.prompt, t, "teacher", text, ex) for t, text in teachers]
         for s in samples[i * group_size : (i + 1) * group_size]:
             truncated = s.finish_reason == "length"
@@ -72,8 +74,9 @@ def reward_inputs(groups: Groups) -> list[dict]:
             **m.example.columns,
             "prompt": m.example.prompt_text,
             "completion": m.text,
+            "completion_ids": m.response,
             "answer": m.example.answer,
-            "reference": m.example.expert_text,
+            "reference": m.example.expert_text if m.example.expert else None,
             "kind": m.kind,
             "truncated": m.truncated,
         }

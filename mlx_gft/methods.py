@@ -2,12 +2,16 @@
 which loss, which reference log-probs. The loop and the step ask this table; nothing
 else compares the method's name.
 
-| method | group members               | samples | log-probs at | references          |
-|--------|-----------------------------|---------|--------------|---------------------|
-| gft    | expert + teachers + K samples | yes   | T = 1        | none                |
-| grpo   | K samples                   | yes     | T (sampling) | old policy, base    |
-| sft    | expert                      | no      | T = 1        | none                |
-| dft    | expert                      | no      | T = 1        | none                |
+| method       | group members                 | samples | log-probs at | references       |
+|--------------|-------------------------------|---------|--------------|------------------|
+| gft          | expert + teachers + K samples | yes     | T = 1        | none             |
+| grpo         | K samples                     | yes     | T (sampling) | old policy, base |
+| sft          | expert                        | no      | T = 1        | none             |
+| sft-verified | expert, if the reward accepts | no      | T = 1        | none             |
+| dft          | expert                        | no      | T = 1        | none             |
+
+sft-verified is the baseline a user with GFT's verifier would run when expert answers
+can be wrong: SFT on the rows whose expert answer the run's reward scores above 0.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Method:
     tempered: bool  # log-probs at the sampling temperature: the policy that sampled
     references: bool  # needs old-policy (PPO ratio) and base (KL) log-probs
     loss: LossFn
+    verified_experts: bool = False  # trains only on expert answers the reward accepts
 
 
 def _gft(lp, mask, adv, old_lp, base_lp, config, norm):
@@ -74,6 +79,8 @@ METHODS = {
                loss=_gft),
         Method("sft", samples=False, expert_in_group=True, tempered=False, references=False,
                loss=_sft),
+        Method("sft-verified", samples=False, expert_in_group=True, tempered=False,
+               references=False, loss=_sft, verified_experts=True),
         Method("dft", samples=False, expert_in_group=True, tempered=False, references=False,
                loss=_dft),
         Method("grpo", samples=True, expert_in_group=False, tempered=True, references=True,

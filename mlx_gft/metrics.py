@@ -3,18 +3,20 @@
 A metric is measured per optimizer update (`StepStats`, summed over its micro-batches),
 combined into one row per iteration (`iteration_metrics`), over ranks
 (`distributed.reduce_metrics`, by `RULES`) and over a report window (`summarise`, by
-`RULES`), then written as a report line, a metrics.jsonl row and optionally to Weights &
-Biases (`Reporter`).
+`RULES`), then written as a report line, a metrics.jsonl row and optionally to the
+--report-to services and a training callback (`Reporter`).
 """
 
+import importlib.util
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .groups import KINDS
 
 
@@ -104,9 +106,34 @@ def summarise(window: list[dict], iteration: int) -> dict:
     return out
 
 
+def train_info(r: dict) -> dict:
+    """A report's numbers under mlx_lm's TrainingCallback keys (its on_train_loss_report)."""
+    elapsed = r.get("sample_time", 0) + r.get("train_time", 0)
+    return {
+        "iteration": r["iteration"],
+        "train_loss": r["loss"],
+        "learning_rate": r["learning_rate"],
+        "iterations_per_second": r["it_per_sec"],
+        # Trained tokens per second of the whole iteration (sampling included), over the
+        # same time as It/sec, as mlx_lm divides both by its step time.
+        "tokens_per_second": r.get("train_tokens", 0) / max(elapsed, 1e-9),
+        "trained_tokens": int(r["trained_tokens"]),
+        "peak_memory": r["peak_memory_gb"],
+    }
+
+
 def report_line(r: dict) -> str:
-    """The classic one-line report scripts grep (mlx_lm.lora's style, GFT's fields)."""
-    parts = [f"Iter {r['iteration']}: Train loss {r['loss']:.3f}"]
+    """The report line: mlx_lm.lora's fields in its order and spelling, so tools that read
+    its logs read these, then GFT's."""
+    info = train_info(r)
+    parts = [
+        f"Iter {r['iteration']}: Train loss {r['loss']:.3f}",
+        f"Learning Rate {info['learning_rate']:.3e}",
+        f"It/sec {info['iterations_per_second']:.3f}",
+        f"Tokens/sec {info['tokens_per_second']:.3f}",
+        f"Trained Tokens {info['trained_tokens']}",
+        f"Peak mem {info['peak_memory']:.3f} GB",
+    ]
     if "reward_sampled" in r:
         parts.append(f"Reward {r['reward_sampled']:.3f}")
     if "sample_acc" in r:
@@ -117,12 +144,10 @@ def report_line(r: dict) -> str:
         f"Entropy {r.get('entropy', math.nan):.3f}",
         f"Grad norm {r['grad_norm']:.3f}",
         f"KL {r['kl_to_base']:.4f}",
-        f"Learning Rate {r['learning_rate']:.3e}",
-        f"It/sec {r['it_per_sec']:.3f}",
     ]
     if r.get("gen_tokens"):
         parts.append(f"Gen tok/s {r['gen_tok_per_sec']:.1f}")
-    parts += [f"Train tok/s {r['train_tok_per_sec']:.1f}", f"Peak mem {r['peak_memory_gb']:.3f} GB"]
+    parts.append(f"Train tok/s {r['train_tok_per_sec']:.1f}")
     if r.get("skipped"):
         parts.append(f"Skipped {r['skipped']}")
     if r.get("idle_updates"):
@@ -130,30 +155,139 @@ def report_line(r: dict) -> str:
     return ", ".join(parts)
 
 
-class Reporter:
-    """Report lines to the log, every metric to metrics.jsonl, optionally to wandb."""
+def val_line(r: dict, seconds: float) -> str:
+    """mlx_lm.lora's `Iter N: Val loss X, Val took Ys`, then GFT's validation numbers."""
+    line = f"Iter {r['iteration']}: Val loss {r['val_loss']:.3f}, Val took {seconds:.3f}s"
+    line += f", Val entropy {r['val_entropy']:.3f}"
+    if "val_acc" in r:
+        line += f", Val acc {r['val_acc']:.3f}"
+    return line
 
-    def __init__(self, config: TrainConfig, log, enabled: bool = True):
+
+# --report-to services (mlx_lm.lora has wandb and swanlab) and the package each needs.
+# metrics.jsonl is written whatever report_to says; "jsonl" names it for clarity.
+SERVICES = {"wandb": "wandb", "swanlab": "swanlab", "tensorboard": "tensorboardX"}
+REPORT_TO = ("jsonl", *SERVICES)
+
+
+def report_services(report_to: str | None) -> list[str]:
+    """The services `report_to` names (comma-separated, any case, as mlx_lm.lora reads
+    it). Unknown names and uninstalled packages are errors now, not after the model loads."""
+    names = [n.strip().lower() for n in (report_to or "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in REPORT_TO]
+    if unknown:
+        raise ConfigError(
+            f"report_to: unknown service {unknown[0]!r}; choose from {', '.join(REPORT_TO)} "
+            "(comma-separated)"
+        )
+    for name in names:
+        package = SERVICES.get(name)
+        if package and not _installed(package):
+            raise ConfigError(
+                f"report_to {name}: {package} is not installed: pip install {package}"
+            )
+    return [n for n in names if n in SERVICES]
+
+
+def _installed(package: str) -> bool:
+    # find_spec locates without importing (wandb takes seconds to import); a module put in
+    # sys.modules by hand may have no spec, which find_spec refuses.
+    if sys.modules.get(package) is not None:
+        return True
+    return importlib.util.find_spec(package) is not None
+
+
+class ServiceCallback:
+    """One --report-to service as an mlx_lm TrainingCallback: every report's numbers,
+    logged at its iteration. The package is imported here, when training starts."""
+
+    def __init__(self, name: str, config: TrainConfig):
+        self.name = name
+        self._log, self._close = OPENERS[name](config, Path(config.adapter_path))
+
+    def on_train_loss_report(self, info: dict) -> None:
+        self._log(info, info["iteration"])
+
+    def on_val_loss_report(self, info: dict) -> None:
+        self._log(info, info["iteration"])
+
+    def close(self) -> None:
+        self._close()
+
+
+def _project(config: TrainConfig) -> str:
+    return config.project_name or Path.cwd().name
+
+
+def _wandb(config: TrainConfig, folder: Path):
+    import wandb  # as mlx_lm's WandBCallback: run named after the adapter folder
+
+    wandb.init(project=_project(config), name=folder.name, dir=str(folder), config=asdict(config))
+    return (lambda values, step: wandb.log(values, step=step)), wandb.finish
+
+
+def _swanlab(config: TrainConfig, folder: Path):
+    import swanlab  # as mlx_lm's SwanLabCallback
+
+    swanlab.init(
+        project=_project(config),
+        experiment_name=folder.name,
+        logdir=str(folder / "swanlog"),
+        config=asdict(config),
+    )
+    return (lambda values, step: swanlab.log(values, step=step)), swanlab.finish
+
+
+def _tensorboard(config: TrainConfig, folder: Path):
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(folder / "tensorboard"))
+
+    def log(values: dict, step: int) -> None:
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                writer.add_scalar(key, value, step)
+
+    return log, writer.close
+
+
+OPENERS = {"wandb": _wandb, "swanlab": _swanlab, "tensorboard": _tensorboard}
+
+
+class Reporter:
+    """Report lines to the log, every metric to metrics.jsonl, and the reports to the
+    --report-to services and a `training_callback` (mlx_lm's TrainingCallback interface:
+    on_train_loss_report / on_val_loss_report). Callbacks get mlx_lm's keys first, then
+    every metric of metrics.jsonl under its own name."""
+
+    def __init__(self, config: TrainConfig, log, enabled: bool = True, training_callback=None):
         self.log, self.enabled = log, enabled
         self.file = (Path(config.adapter_path) / "metrics.jsonl").open("a") if enabled else None
-        self.wandb = None
-        if enabled and config.report_to and "wandb" in config.report_to.split(","):
-            import wandb
+        self.services, self.callbacks = [], []
+        if enabled:
+            self.services = [ServiceCallback(n, config) for n in report_services(config.report_to)]
+            user = [training_callback] if training_callback is not None else []
+            self.callbacks = [*self.services, *user]
 
-            name = config.project_name or Path.cwd().name
-            self.wandb = wandb.init(project=name, config=asdict(config))
+    def train(self, summary: dict) -> None:
+        self._emit(summary, report_line(summary), train_info(summary), "on_train_loss_report")
 
-    def __call__(self, metrics: dict, line: str) -> None:
+    def val(self, row: dict, seconds: float) -> None:
+        info = {"iteration": row["iteration"], "val_loss": row["val_loss"], "val_time": seconds}
+        self._emit(row, val_line(row, seconds), info, "on_val_loss_report")
+
+    def _emit(self, metrics: dict, line: str, info: dict, hook: str) -> None:
         if not self.enabled:
             return
         self.log(line)
         self.file.write(json.dumps(metrics) + "\n")
         self.file.flush()
-        if self.wandb:
-            self.wandb.log(metrics, step=metrics["iteration"])
+        values = {**info, **{k: v for k, v in metrics.items() if k not in info}}
+        for callback in self.callbacks:
+            getattr(callback, hook)(dict(values))
 
     def close(self) -> None:
         if self.file:
             self.file.close()
-        if self.wandb:
-            self.wandb.finish()
+        for service in self.services:
+            service.close()

@@ -16,8 +16,14 @@ class LoadError(RuntimeError):
     """A model or adapter folder that mlx-lm cannot use."""
 
 
-def load_model(model: str | None, adapter_path: str | None = None, dtype: str | None = None):
-    """(model, tokenizer) via mlx-lm, with LoRA/DoRA adapters from `adapter_path` if given."""
+def load_model(
+    model: str | None,
+    adapter_path: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """(model, tokenizer) via mlx-lm, with LoRA/DoRA adapters from `adapter_path` if given;
+    trust_remote_code as mlx_lm.lora passes it (tokenizer and model)."""
     from mlx_lm import load
     from mlx_lm.tuner.utils import load_adapters
 
@@ -26,7 +32,11 @@ def load_model(model: str | None, adapter_path: str | None = None, dtype: str | 
     if model and model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
         # mlx-lm would take it for a malformed Hub id and say so.
         raise FileNotFoundError(f"{model}: no such model file or folder")
-    loaded, tokenizer = load(resolve_model_path(model, dtype))
+    loaded, tokenizer = load(
+        resolve_model_path(model, dtype),
+        tokenizer_config={"trust_remote_code": trust_remote_code},
+        trust_remote_code=trust_remote_code,
+    )
     if adapter_path:
         path = Path(adapter_path)
         for name in ("adapter_config.json", "adapters.safetensors"):

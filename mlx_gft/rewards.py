@@ -1,29 +1,36 @@
 """Rewards: the built-in math / exact / F1 rewards, user rewards, and weighted scoring.
 
-A reward is any callable ``f(*, prompt, completion, answer, reference, **columns) -> float``:
-it receives the prompt, one group member's completion, the dataset's ground-truth
-``answer`` and expert ``reference`` (either may be None) and every extra dataset column,
-so it must accept ``**kwargs``. GFT scores every member of a group (expert, teachers and
-samples) with the same reward, so a verifier that is too strict pushes correct expert
-answers down and one that is too lenient rewards wrong samples.
+A reward is called one of two ways, read from its signature when it is loaded:
 
-The math reward's verifier (answer extraction and comparison) is :mod:`mlx_gft.answers`;
-its ``extract_answer`` and ``answers_match`` are re-exported here.
+- per sample, ``f(*, prompt, completion, answer, reference, **columns) -> float``: the
+  prompt, one group member's completion, the dataset's ground-truth ``answer`` and expert
+  ``reference`` (either may be None) and every extra dataset column, so it must accept
+  ``**kwargs`` (it also gets ``kind``, ``truncated`` and ``completion_ids``);
+- per batch, as TRL's GRPOTrainer calls it, ``f(prompts, completions, **kwargs) ->
+  list[float | None]`` (a function with a ``prompts`` or ``completions`` parameter): one
+  call for all the members of an iteration, every other argument a list with one entry per
+  member, plus ``completion_ids`` and ``trainer_state`` (None). A None entry means "no
+  reward for this sample", as in TRL. docs/verifiers.md has the details.
+
+GFT scores every member of a group (expert, teachers and samples) with the same reward,
+so a verifier that is too strict pushes correct expert answers down and one that is too
+lenient rewards wrong samples.
+
+The built-in rewards are in :mod:`mlx_gft.builtin_rewards`, the math verifier's answer
+extraction and comparison in :mod:`mlx_gft.answers`; their names are re-exported here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import inspect
 import math
 import numbers
 import os
-import re
-import string
 import sys
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +38,17 @@ from typing import Any
 
 import numpy as np
 
-from .answers import _ground_truth, answers_match, extract_answer
+from .answers import answers_match, extract_answer
+from .builtin_rewards import (
+    _OPTIONAL,
+    BUILTIN_REWARDS,
+    RewardError,
+    exact_match_reward,
+    f1_reward,
+    math_reward,
+    math_verify_reward,
+)
+from .reward_batches import batch_arguments
 
 __all__ = [
     "BUILTIN_REWARDS",
@@ -39,94 +56,20 @@ __all__ = [
     "Reward",
     "RewardError",
     "answers_match",
+    "check_rewards",
     "exact_match_reward",
     "extract_answer",
     "f1_reward",
     "load_reward",
     "load_rewards",
     "math_reward",
+    "math_verify_reward",
     "score",
 ]
 
 
-class RewardError(ValueError):
-    """A reward cannot be loaded, or returned something that is not a finite number."""
-
-
-# --------------------------------------------------------------------------------------
-# Built-in rewards
-
-
-def math_reward(prompt: str, completion: str, answer: str | None = None, **kwargs: object) -> float:
-    """1.0 when the completion's final answer matches `answer`, else 0.0.
-
-    `answer` may be a bare answer or a whole GSM8K / MATH solution (its ``#### N`` or last
-    ``\\boxed{}`` is used). A completion with no extractable answer scores 0.0.
-    """
-    if answer is None:
-        raise RewardError("the math reward needs an 'answer' column (the ground truth)")
-    pred = extract_answer(completion)
-    if pred is None:
-        return 0.0
-    return 1.0 if answers_match(pred, _ground_truth(answer)) else 0.0
-
-
-def exact_match_reward(
-    prompt: str,
-    completion: str,
-    answer: str | None = None,
-    reference: str | None = None,
-    **kwargs: object,
-) -> float:
-    """1.0 when the completion's extracted answer, or the whole completion, stripped,
-    equals the stripped `answer` (or `reference` when there is no answer)."""
-    target = answer if answer is not None else reference
-    if target is None:
-        raise RewardError("the exact reward needs an 'answer' or 'reference' column")
-    truth, pred = _ground_truth(target), extract_answer(completion)
-    # The whole completion too: "There are 3 cats" would extract "3".
-    return 1.0 if completion.strip() == truth or (pred and pred.strip() == truth) else 0.0
-
-
-def _squad_tokens(text: str) -> list[str]:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return text.split()
-
-
-def f1_reward(
-    prompt: str, completion: str, reference: str | None = None, **kwargs: object
-) -> float:
-    """Token-level F1 between the completion and the expert answer (SQuAD-style).
-
-    For chat data without a checkable answer. Falls back to `answer` when the dataset has
-    no `reference` column.
-    """
-    if reference is None:
-        reference = kwargs.get("answer")  # type: ignore[assignment]
-    if reference is None:
-        raise RewardError("the f1 reward needs a 'reference' (or 'answer') column")
-    pred, gold = _squad_tokens(completion), _squad_tokens(str(reference))
-    if not pred or not gold:
-        return float(pred == gold)
-    common = sum((Counter(pred) & Counter(gold)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(gold)
-    return 2 * precision * recall / (precision + recall)
-
-
-BUILTIN_REWARDS: Mapping[str, Callable[..., float]] = {
-    "math": math_reward,
-    "accuracy": math_reward,
-    "exact": exact_match_reward,
-    "f1": f1_reward,
-}
-
-
 # Rewards that grade correctness: their 0/1 column is the sampled accuracy metric.
-VERIFIERS = ("math", "accuracy")
+VERIFIERS = ("math", "accuracy", "math_verify")
 
 
 def verifier_name(names: Iterable[str]) -> str | None:
@@ -158,6 +101,7 @@ def reward_origin(chosen: list[str] | None, specs: list[str]) -> str:
 def load_reward(spec: str) -> Callable[..., float]:
     """A reward from a built-in name, ``path/to/file.py:function`` or ``package.module:fn``."""
     if spec in BUILTIN_REWARDS:
+        _check_installed(spec)
         return BUILTIN_REWARDS[spec]
     if ":" not in spec:
         raise RewardError(
@@ -191,8 +135,18 @@ def load_reward(spec: str) -> Callable[..., float]:
         fn = getattr(fn, part)
     if not callable(fn):
         raise RewardError(f"reward {spec!r}: {name!r} is a {type(fn).__name__}, not a function")
-    _check_accepts_kwargs(spec, fn)
+    reward_api(spec, fn)  # a signature that fits neither API fails here, before the model loads
     return fn
+
+
+def _check_installed(name: str) -> None:
+    if name in _OPTIONAL:
+        module, package = _OPTIONAL[name]
+        if importlib.util.find_spec(module) is None:
+            raise RewardError(
+                f"the {name!r} reward needs {package}, which is not installed: "
+                f"pip install {package}"
+            )
 
 
 def _import_file(spec: str, path: Path) -> object:
@@ -215,26 +169,73 @@ def _import_file(spec: str, path: Path) -> object:
     return module
 
 
-def _check_accepts_kwargs(spec: str, fn: Callable[..., object]) -> None:
-    # Fail at start-up, not at the first step, when the function would reject the columns.
+# The keyword arguments each API passes besides the dataset's own columns.
+SAMPLE_ARGS = ("prompt", "completion", "answer", "reference", "kind", "truncated",
+               "completion_ids")  # fmt: skip
+BATCH_ARGS = ("prompts", "completions", "completion_ids", "trainer_state", "answer",
+              "reference", "kind", "truncated")  # fmt: skip
+_APIS = (
+    "per sample, f(*, prompt, completion, answer, reference, **kwargs) -> float, or per "
+    "batch as in TRL, f(prompts, completions, **kwargs) -> list[float | None]"
+)
+
+
+def reward_api(name: str, fn: Callable[..., object]) -> str:
+    """ "batch" for TRL's ``f(prompts, completions, **kwargs)``, "sample" for
+    ``f(*, prompt, completion, **kwargs)``; a RewardError for a signature that fits neither.
+
+    Read from the parameter names, so the mistake shows when the reward loads (before the
+    model) and not as a missing argument at the first training step."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # some builtins / C callables have no signature
+        return "sample"
+    kinds = inspect.Parameter
+    named = {p.name for p in params if p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)}
+    batch, single = named & {"prompts", "completions"}, named & {"prompt", "completion"}
+    if batch and single:
+        raise RewardError(
+            f"reward {name!r} takes {', '.join(sorted(single))} and "
+            f"{', '.join(sorted(batch))}: a reward is called {_APIS}, not both"
+        )
+    if not any(p.kind is kinds.VAR_KEYWORD for p in params):
+        raise RewardError(
+            f"reward {name!r} must accept **kwargs: it is called {_APIS}, with every "
+            "extra dataset column as a keyword argument"
+        )
+    positional = [
+        p.name for p in params if p.kind is kinds.POSITIONAL_ONLY and p.default is p.empty
+    ]
+    if positional:
+        raise RewardError(
+            f"reward {name!r}: {', '.join(positional)} cannot be passed by name (positional-only); "
+            f"a reward is called with keyword arguments, {_APIS}"
+        )
+    return "batch" if batch else "sample"
+
+
+def _required(fn: Callable[..., object]) -> list[str]:
     try:
         params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # some builtins / C callables have no signature
-        return
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        raise RewardError(
-            f"reward {spec!r} must accept **kwargs: it is called with prompt=, completion=, "
-            "answer=, reference= and every extra dataset column"
-        )
+    except (TypeError, ValueError):
+        return []
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params if p.kind in keyword and p.default is p.empty]
 
 
 @dataclass(frozen=True)
 class Reward:
-    """One loaded reward: the name its column is logged under, the function, its weight."""
+    """One loaded reward: the name its column is logged under, the function, its weight,
+    and whether it is called once per batch (TRL's API; None: read from the signature)."""
 
     name: str
-    fn: Callable[..., float]
+    fn: Callable[..., Any]
     weight: float = 1.0
+    batch: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch is None:  # frozen: set here once
+            object.__setattr__(self, "batch", reward_api(self.name, self.fn) == "batch")
 
 
 def load_rewards(
@@ -264,13 +265,38 @@ def load_rewards(
             name = spec
         if name in {r.name for r in rewards}:
             name = f"{name}#{index}"
-        if callable(spec):
-            _check_accepts_kwargs(name, spec)
-            fn = spec
-        else:
-            fn = load_reward(spec)
-        rewards.append(Reward(name=name, fn=fn, weight=float(weight)))
+        fn = spec if callable(spec) else load_reward(spec)
+        rewards.append(Reward(name=name, fn=fn, weight=float(weight)))  # checks the signature
     return tuple(rewards)
+
+
+def check_rewards(
+    specs: Sequence[str] | None,
+    weights: Sequence[float] | None,
+    rows: Sequence[tuple[str, Mapping[str, Any]]],
+) -> None:
+    """Before the model loads: the rewards load, and every argument they require is one
+    we pass or a column of every training row (`rows` as `data.load_splits` gives them)."""
+    if not specs:
+        return  # the default reward is a built-in
+    for reward in load_rewards(specs, weights):
+        known = BATCH_ARGS if reward.batch else SAMPLE_ARGS
+        for arg in _required(reward.fn):
+            if arg in known:
+                continue
+            lacking = next((where for where, row in rows if arg not in row["columns"]), None)
+            if lacking is None:
+                continue
+            hint = "; the ground truth is passed as 'answer'" if arg in _TRUTH_NAMES else ""
+            raise RewardError(
+                f"reward {reward.name!r} requires {arg!r}, which is neither an argument we "
+                f"pass ({', '.join(known)}) nor a column of every training row (first "
+                f"without it: {lacking}){hint}"
+            )
+
+
+# Other libraries' names for the ground-truth column (open-r1 and TRL use `solution`).
+_TRUTH_NAMES = ("solution", "solutions", "ground_truth", "target", "gold", "answers")
 
 
 def _spec_name(spec: str | Callable[..., float]) -> str:
@@ -288,14 +314,23 @@ def _excerpt(value: object, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
-def _call_with_timeout(fn: Callable[..., object], kwargs: dict, timeout: float) -> object:
+def _where(index: int, sample: Mapping[str, object]) -> str:
+    return (
+        f"sample {index} (prompt {_excerpt(sample.get('prompt', ''))}, "
+        f"completion {_excerpt(sample.get('completion', ''))})"
+    )
+
+
+def _call_with_timeout(
+    fn: Callable[..., object], kwargs: dict, timeout: float, rule: str = "--reward-timeout"
+) -> object:
     """fn(**kwargs) in a daemon thread; TimeoutError after `timeout` seconds. A Python
     thread cannot be killed, but a daemon one never keeps the process from exiting."""
     result: list = []
 
     def target() -> None:
         try:
-            result.append((True, fn(**kwargs)))
+            result.append((True, _resolve(fn(**kwargs))))
         except BaseException as exc:  # handed to the caller's thread
             result.append((False, exc))
 
@@ -303,63 +338,162 @@ def _call_with_timeout(fn: Callable[..., object], kwargs: dict, timeout: float) 
     worker.start()
     worker.join(timeout)
     if not result:
-        raise TimeoutError(f"no result within {timeout:g} s (--reward-timeout)")
+        raise TimeoutError(f"no result within {timeout:g} s ({rule})")
     ok, value = result[0]
     if not ok:
         raise value
     return value
 
 
+def _resolve(value: object) -> object:
+    # TRL accepts `async def` rewards: run the coroutine to its end on this thread.
+    if inspect.isawaitable(value):
+
+        async def wait() -> object:
+            return await value
+
+        return asyncio.run(wait())
+    return value
+
+
+def _call(reward: Reward, kwargs: dict, timeout: float | None, where: str, rule: str) -> object:
+    try:
+        if timeout:
+            return _call_with_timeout(reward.fn, kwargs, timeout, rule)
+        return _resolve(reward.fn(**kwargs))
+    except Exception as exc:
+        raise RewardError(
+            f"reward {reward.name!r} raised {type(exc).__name__}: {exc} on {where}"
+            + _hint(reward, exc)
+        ) from exc
+
+
+def _hint(reward: Reward, exc: Exception) -> str:
+    # A TRL reward written for conversational data reads completion[0]["content"].
+    if reward.batch and isinstance(exc, TypeError) and "string indices" in str(exc):
+        return (
+            "; prompts and completions are passed as strings (TRL's standard format): read "
+            "the text as `completion`, not `completion[0]['content']`"
+        )
+    return ""
+
+
 def score(
     rewards: Sequence[Reward],
     samples: Sequence[Mapping[str, object]],
     timeout: float | None = None,
+    trainer_state: object = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Score every sample with every reward.
 
     Each sample is a mapping with at least ``prompt`` and ``completion`` (``answer`` and
-    ``reference`` default to None; other keys are passed through as dataset columns).
-    Returns the weighted sum, shape (N,), and one column per reward name for logging.
-    Any failure, a call that takes longer than `timeout` seconds, or a result that is
-    not a finite number raises a RewardError naming the reward and the sample.
+    ``reference`` default to None; other keys are passed through as dataset columns). A
+    per-sample reward is called once per sample, within `timeout` seconds each; a batch
+    reward (TRL's API) once for all samples, within `timeout` x len(samples) seconds,
+    with `trainer_state` passed through.
+
+    Returns the weighted sum, shape (N,), and one column per reward name for logging. A
+    batch reward's None for a sample is NaN in its column and left out of the sum, as in
+    TRL; a sample that no reward with a nonzero weight scored is NaN in the sum, and
+    `scored_advantages` leaves it out of its group. Any failure, overrun, or a result that
+    is not a finite number raises a RewardError naming the reward and the sample.
     """
-    columns = {r.name: np.zeros(len(samples), dtype=np.float64) for r in rewards}
     for index, sample in enumerate(samples):
-        where = (
-            f"sample {index} (prompt {_excerpt(sample.get('prompt', ''))}, "
-            f"completion {_excerpt(sample.get('completion', ''))})"
-        )
         if "prompt" not in sample or "completion" not in sample:
-            raise RewardError(f"{where} has no 'prompt' or 'completion' key")
-        kwargs = {"answer": None, "reference": None, **sample}
-        for reward in rewards:
-            try:
-                if timeout:
-                    value = _call_with_timeout(reward.fn, kwargs, timeout)
-                else:
-                    value = reward.fn(**kwargs)
-            except Exception as exc:
-                raise RewardError(
-                    f"reward {reward.name!r} raised {type(exc).__name__}: {exc} on {where}"
-                ) from exc
-            columns[reward.name][index] = _as_finite(value, reward.name, where)
-    total = np.zeros(len(samples), dtype=np.float64)
+            raise RewardError(f"{_where(index, sample)} has no 'prompt' or 'completion' key")
+    columns = {}
     for reward in rewards:
-        total += reward.weight * columns[reward.name]
-    return total, columns
+        if reward.batch:
+            columns[reward.name] = _score_batch(reward, samples, timeout, trainer_state)
+        else:
+            columns[reward.name] = _score_each(reward, samples, timeout)
+    return _weighted_sum(rewards, columns, len(samples)), columns
 
 
-def _as_finite(value: object, name: str, where: str) -> float:
+def _score_each(
+    reward: Reward, samples: Sequence[Mapping[str, object]], timeout: float | None
+) -> np.ndarray:
+    column = np.zeros(len(samples), dtype=np.float64)
+    for index, sample in enumerate(samples):
+        where = _where(index, sample)
+        kwargs = {"answer": None, "reference": None, **sample}
+        value = _call(reward, kwargs, timeout, where, "--reward-timeout")
+        column[index] = _as_finite(value, reward.name, where)
+    return column
+
+
+def _score_batch(
+    reward: Reward,
+    samples: Sequence[Mapping[str, object]],
+    timeout: float | None,
+    trainer_state: object,
+) -> np.ndarray:
+    n = len(samples)
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
+    # The per-sample limit, for each sample in the call: a slow batch is as slow as the
+    # same work done one sample at a time.
+    limit = timeout * n if timeout else None
+    rule = f"--reward-timeout {timeout:g} s x {n} samples" if timeout else ""
+    where = f"a batch of {n} samples (first: {_where(0, samples[0])})"
+    value = _call(reward, batch_arguments(samples, trainer_state), limit, where, rule)
+    return _as_column(value, reward.name, samples)
+
+
+def _as_column(value: object, name: str, samples: Sequence[Mapping[str, object]]) -> np.ndarray:
+    n = len(samples)
+    rule = (
+        f"a batch reward must return a list of {n} floats, one per completion (None for "
+        "one it does not score)"
+    )
+    if value is None or isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        got = repr(value) if value is None else f"a {type(value).__name__} ({_excerpt(value, 40)})"
+        raise RewardError(f"reward {name!r} returned {got} for a batch of {n} samples; {rule}")
+    values = list(value)
+    if len(values) != n:
+        raise RewardError(
+            f"reward {name!r} returned {len(values)} values for a batch of {n} samples; {rule}"
+        )
+    column = np.zeros(n, dtype=np.float64)
+    for index, item in enumerate(values):
+        where = _where(index, samples[index])
+        column[index] = math.nan if item is None else _as_finite(item, name, where, rule)
+    return column
+
+
+def _weighted_sum(
+    rewards: Sequence[Reward], columns: Mapping[str, np.ndarray], n: int
+) -> np.ndarray:
+    total = np.zeros(n, dtype=np.float64)
+    for reward in rewards:
+        total += reward.weight * np.nan_to_num(columns[reward.name], nan=0.0)
+    # TRL's rule: a None is left out of the weighted sum. A sample that no reward scored
+    # has no reward at all (a weight-0 reward is only logged: it does not count here).
+    deciding = [r for r in rewards if r.weight] or list(rewards)
+    if deciding:
+        scored = np.zeros(n, dtype=bool)
+        for reward in deciding:
+            scored |= ~np.isnan(columns[reward.name])
+        total[~scored] = np.nan
+    return total
+
+
+def _as_finite(value: object, name: str, where: str, batch_rule: str | None = None) -> float:
+    """`value` as a float. A batch reward's entry (`batch_rule` given) may also be NaN,
+    which TRL treats as None."""
+    rule = batch_rule or "a reward must return a finite float"
     problem = None
     if value is None or isinstance(value, str | bytes):
         problem = f"returned {value!r}"
+        if value is None:  # per sample: most likely a missing `return`
+            rule += " (only a batch reward, f(prompts, completions, **kwargs), may give None)"
     else:
         try:
             number = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             problem = f"returned a {type(value).__name__} ({_excerpt(value, 40)})"
         else:
-            if math.isfinite(number):
+            if math.isfinite(number) or (batch_rule and math.isnan(number)):
                 return number
             problem = f"returned {number}"
-    raise RewardError(f"reward {name!r} {problem} on {where}; a reward must return a finite float")
+    raise RewardError(f"reward {name!r} {problem} on {where}; {rule}")

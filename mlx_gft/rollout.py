@@ -10,7 +10,7 @@ import mlx.core as mx
 import numpy as np
 
 from . import rewards as rewards_lib
-from .advantages import group_advantages, zero_variance_fraction
+from .advantages import scored_advantages
 from .config import TrainConfig
 from .data import Example
 from .groups import KINDS, Groups, build_groups, pad_batch, response_start, reward_inputs
@@ -84,13 +84,14 @@ def score_groups(
         examples, samples, config.group_size, config.teacher_count, m.expert_in_group
     )
     total, columns = rewards_lib.score(reward_fns, reward_inputs(groups), config.reward_timeout)
-    adv = group_advantages(total, groups.sizes, scale=config.adv_scale)
+    # A sample no reward scored (NaN, TRL's None) is left out of its group's statistics.
+    adv, row["zero_var_frac"] = scored_advantages(total, groups.sizes, config.adv_scale)
     kinds = np.array([member.kind for member in groups.members])
-    row["zero_var_frac"] = zero_variance_fraction(total, groups.sizes)
     row["group_size_mean"] = float(np.mean(groups.sizes))
     for kind in KINDS:
-        if (kinds == kind).any():
-            row[f"reward_{kind}"] = float(total[kinds == kind].mean())
+        scored = (kinds == kind) & ~np.isnan(total)
+        if scored.any():
+            row[f"reward_{kind}"] = float(total[scored].mean())
     verifier = rewards_lib.verifier_name(r.name for r in reward_fns)
     if verifier:
         row["sample_acc"] = float(columns[verifier][kinds == "sampled"].mean())
@@ -101,6 +102,16 @@ def score_groups(
         row["entropy"] = float(np.mean([h for s in trained for h in s.entropy]))
     row["missing_teachers"] = groups.missing_teachers
     return TrainBatch(groups, adv, metrics=row)
+
+
+def verified_examples(
+    examples: list[Example], reward_fns, timeout: float
+) -> tuple[list[Example], int]:
+    """(the examples whose expert answer the rewards score above 0, how many there were)."""
+    groups = build_groups(examples, [], 0, teacher_count=1, keep_truncated_expert=True)
+    total, _ = rewards_lib.score(reward_fns, reward_inputs(groups), timeout)
+    accepted = {id(m.example) for m, r in zip(groups.members, total, strict=True) if r > 0}
+    return [e for e in examples if id(e) in accepted], len(examples)
 
 
 def training_arrays(model, tokenizer, groups: Groups, adv: mx.array, config: TrainConfig):

@@ -7,8 +7,14 @@ The helper is started with ``subprocess`` (fork + immediate exec, safe next to M
 threads, and it does not re-import the caller's ``__main__`` as multiprocessing's "spawn"
 would) and only when the cheap checks cannot decide.
 
+The helper also runs Hugging Face's math-verify (the ``math_verify`` reward): its own
+time limits use ``signal.alarm``, which works only on a main thread, and rewards run on a
+worker thread under ``--reward-timeout``; in the helper they run on its main thread, and
+the kill on overrun still bounds them.
+
 The helper runs this very file, loaded by path outside the package, so it may import only
-the standard library (and sympy, inside the helper), never the rest of ``mlx_gft``.
+the standard library (and sympy and math-verify, inside the helper), never the rest of
+``mlx_gft``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Names the helper binds to sympy symbols. mlx_gft.answers lets exactly these through to
@@ -54,6 +61,44 @@ def _sympy_equal(a: str, b: str) -> bool:
     return sympy.simplify(x - y) == 0
 
 
+# math-verify's own limits (whole seconds, signal.alarm in the helper's main thread): a
+# slow parse or comparison returns "no match" instead of costing a helper restart.
+_MATH_VERIFY_SECONDS = 2
+
+
+def _math_verify(gold: str, completion: str) -> bool:
+    """Runs in the helper process: does math-verify find `gold` in `completion`?"""
+    from math_verify import parse, verify
+
+    limit = _MATH_VERIFY_SECONDS
+    # A bare ground truth ("(1,2)", "\\frac{3}{4}") is LaTeX math without its delimiters;
+    # math-verify only reads LaTeX between them. A worked solution is parsed as written.
+    bare = not any(mark in gold for mark in ("$", "\\boxed", "####", "\n"))
+    gold_parsed = parse(f"${gold}$", parsing_timeout=limit) if bare else []
+    gold_parsed = gold_parsed or parse(gold, parsing_timeout=limit)
+    pred_parsed = parse(completion, parsing_timeout=limit)
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=limit))
+
+
+def _handle(request: dict) -> dict:
+    """Runs in the helper process: one request -> one answer (unsupported input: not equal)."""
+    op = request.get("op", "equal")
+    if op == "load_math_verify":
+        try:
+            import math_verify  # noqa: F401
+        except Exception as exc:  # ImportError, or a broken install of its dependencies
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": True}
+    try:
+        if op == "math_verify":
+            return {"ok": _math_verify(request["gold"], request["pred"])}
+        return {"ok": bool(_sympy_equal(request["a"], request["b"]))}
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # unparsable, unsupported, overflowing, or math-verify's
+        return {"ok": False}  # TimeoutException (a BaseException): not equal
+
+
 def _worker_main() -> None:
     """The helper's loop: one JSON request per line on stdin, one answer per line."""
     out = os.fdopen(os.dup(1), "w")
@@ -71,12 +116,7 @@ def _worker_main() -> None:
     out.write("ready\n")
     out.flush()
     for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            ok = bool(_sympy_equal(request["a"], request["b"]))
-        except Exception:  # unparsable, unsupported or overflowing: not equal
-            ok = False
-        out.write(json.dumps({"ok": ok}) + "\n")
+        out.write(json.dumps(_handle(json.loads(line))) + "\n")
         out.flush()
 
 
@@ -108,22 +148,55 @@ class _SympyWorker:
         self._lock = threading.Lock()  # a fork may have copied it in the locked state
         self._proc: subprocess.Popen[bytes] | None = None
         self._ready = False
+        self._math_verify_loaded = False
         self._buffer = b""
 
     def equal(self, a: str, b: str, timeout: float) -> bool:
         with self._lock:
-            if (a, b) not in self._cache:
-                if len(self._cache) >= self.cache_size:
-                    self._cache.pop(next(iter(self._cache)))  # the oldest entry
-                self._cache[a, b] = self._ask(a, b, timeout)
-            return self._cache[a, b]
+            return self._cached((a, b), lambda: self._ok({"a": a, "b": b}, timeout))
 
-    def _ask(self, a: str, b: str, timeout: float) -> bool:
+    def math_verify(self, gold: str, completion: str, timeout: float) -> bool:
+        """math-verify's verdict on `completion` against `gold`; False when it overruns.
+        Raises RuntimeError when math-verify cannot run in the helper."""
+        with self._lock:
+            request = {"op": "math_verify", "gold": gold, "pred": completion}
+            return self._cached(
+                ("math_verify", gold, completion),
+                lambda: self._load_math_verify() and self._ok(request, timeout),
+            )
+
+    def _cached(self, key: tuple, compute: Callable[[], bool]) -> bool:
+        if key not in self._cache:
+            if len(self._cache) >= self.cache_size:
+                self._cache.pop(next(iter(self._cache)))  # the oldest entry
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def _load_math_verify(self) -> bool:
+        # Imported once per helper, under the start-up limit, not a check's time limit.
+        if self._math_verify_loaded and self._proc is not None and self._proc.poll() is None:
+            return True
+        reply = self._request({"op": "load_math_verify"}, self.startup_timeout)
+        if reply is None or not reply["ok"]:
+            error = reply["error"] if reply else self.disabled_reason or "it did not answer"
+            raise RuntimeError(
+                f"math-verify cannot be imported in the helper process ({error}); "
+                "pip install math-verify"
+            )
+        self._math_verify_loaded = True
+        return True
+
+    def _ok(self, request: dict, timeout: float) -> bool:
+        reply = self._request(request, timeout)
+        return bool(reply is not None and reply["ok"])
+
+    def _request(self, request: dict, timeout: float) -> dict | None:
+        """The helper's answer to `request`, or None when it is off or overran."""
         if self.disabled_reason is not None or not self._ensure_ready():
-            return False
+            return None
         assert self._proc is not None and self._proc.stdin is not None
         try:
-            self._proc.stdin.write((json.dumps({"a": a, "b": b}) + "\n").encode())
+            self._proc.stdin.write((json.dumps(request) + "\n").encode())
             self._proc.stdin.flush()
             line = self._readline(timeout)
         except OSError:
@@ -133,8 +206,8 @@ class _SympyWorker:
             # sympy import overlaps with training instead of delaying the next check.
             self._stop()
             self._spawn()
-            return False
-        return bool(json.loads(line)["ok"])
+            return None
+        return json.loads(line)
 
     def _spawn(self) -> None:
         try:
@@ -186,6 +259,7 @@ class _SympyWorker:
 
     def _stop(self) -> None:
         proc, self._proc, self._ready, self._buffer = self._proc, None, False, b""
+        self._math_verify_loaded = False
         if proc is None:
             return
         if proc.poll() is None:

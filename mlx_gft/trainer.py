@@ -6,7 +6,6 @@ groups (`rollout`), run the updates (`step`), report (`metrics`), evaluate
 
 import contextlib
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,11 +17,12 @@ from . import distributed
 from . import rewards as rewards_lib
 from .batches import batch_indices, num_iterations, train_batches
 from .checkpoint import adapter_config, load_checkpoint, save_adapters, save_checkpoint, write_json
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import Example, has_answers
 from .methods import method
-from .metrics import RULES, Reporter, report_line, summarise
-from .rollout import rollout
+from .metrics import RULES, Reporter, summarise
+from .progress import Progress
+from .rollout import rollout, verified_examples
 from .step import Stepper, TrainingStopped, make_optimizer, run_updates
 from .validation import make_probe, probe_kl, validate
 
@@ -44,13 +44,18 @@ def train_stage(
     valid_set: list[Example],
     log=print,
     data_offset: int = 0,
+    training_callback=None,
 ) -> list[dict]:
     """Train `model` in place (its trainable layers must already be set up); returns the
     reported metrics. Adapters, checkpoints and metrics.jsonl go to config.adapter_path.
 
     data_offset: batches already used by earlier stages. Iteration i trains on the data
     (and sampling seed) of iteration data_offset + i, so a later stage goes on through
-    the data instead of seeing the earlier stage's prompts again."""
+    the data instead of seeing the earlier stage's prompts again.
+
+    training_callback: an mlx_lm TrainingCallback (or any object with its two methods),
+    called on rank 0 with every train report (on_train_loss_report) and validation
+    (on_val_loss_report), under mlx_lm's keys plus every metrics.jsonl metric."""
     if not train_set:
         raise ValueError("the training set is empty")
     ranks, log = distributed.init(config, log)
@@ -58,11 +63,28 @@ def train_stage(
     if lead:
         write_json(Path(config.adapter_path) / "adapter_config.json", adapter_config(config))
     optimizer = make_optimizer(config)
-    reward_fns = ()
-    if method(config).samples or (valid_set and has_answers(valid_set)):
+    if config.grad_accumulation_steps > 1:  # same name as mlx_lm.lora's, other effect
+        log(
+            f"Note: grad_accumulation_steps {config.grad_accumulation_steps} splits each update "
+            "into parts (less memory, the same update); mlx_lm.lora's would also make each "
+            "update that many batches: multiply batch_size for that."
+        )
+    reward_fns, m = (), method(config)
+    if m.samples or m.verified_experts or (valid_set and has_answers(valid_set)):
         specs = rewards_lib.default_rewards(config.reward, train_set)
         reward_fns = rewards_lib.load_rewards(specs, config.reward_weights)
         log(f"Reward: {', '.join(specs)}{rewards_lib.reward_origin(config.reward, specs)}")
+    if m.verified_experts:
+        train_set, rows = verified_examples(train_set, reward_fns, config.reward_timeout)
+        log(
+            f"Training on the {len(train_set)} of {rows} rows whose expert answer the "
+            "reward accepts"
+        )
+        if len(train_set) < config.batch_size:
+            raise ConfigError(
+                f"--loss {config.loss}: {len(train_set)} of {rows} expert answers pass the "
+                f"reward, fewer than --batch-size {config.batch_size}"
+            )
     start, probe = 0, {}
     if config.resume:
         state, probe = load_checkpoint(model, optimizer, config)
@@ -73,11 +95,12 @@ def train_stage(
     stepper = Stepper(model, optimizer, config, ranks, log)
     batches = train_batches(config, train_set)
     total_iters = num_iterations(config, len(batches))
-    report = Reporter(config, log, enabled=lead)
+    report = Reporter(config, log, enabled=lead, training_callback=training_callback)
     reports, window, trained_tokens = [], [], 0
     # Data without any teacher answers is the common case, not worth a notice.
     noticed_missing = not any(e.teachers for e in train_set)
-    progress = _progress(total_iters, start) if lead else None
+    # A bar on a terminal only: the report lines already tell a log file how far it is.
+    progress = Progress(total_iters, "Training", initial=start, unit="iterations") if lead else None
 
     def save(done: int, numbered: bool = True) -> None:
         if lead:
@@ -88,10 +111,7 @@ def train_stage(
     def evaluate(done: int) -> None:
         tic = time.perf_counter()
         val = validate(model, tokenizer, valid_set, config, reward_fns)
-        line = f"Iter {done}: Val loss {val['val_loss']:.3f}, Val entropy {val['val_entropy']:.3f}"
-        if "val_acc" in val:
-            line += f", Val acc {val['val_acc']:.3f}"
-        report({"iteration": done, **val}, f"{line}, Val took {time.perf_counter() - tic:.3f}s")
+        report.val({"iteration": done, **val}, time.perf_counter() - tic)
 
     if lead and valid_set and start == 0:
         evaluate(0)  # the starting point, as mlx_lm.lora does: curves begin at the base
@@ -123,6 +143,7 @@ def train_stage(
                 else:
                     sizes, arrays = batch.groups.sizes, batch.arrays()
                     row.update(run_updates(stepper, sizes, batch.start, arrays, config))
+                _clear_cache(config.clear_cache_threshold)
                 row["train_time"] = time.perf_counter() - tic - row.get("sample_time", 0.0)
                 row["groups"] = len(picked)
                 row["stop"] = float(bool(stop))
@@ -154,7 +175,7 @@ def train_stage(
                     )
                     # Peak per report window, so a leak shows as growth across reports.
                     mx.reset_peak_memory()
-                    report(summary, report_line(summary))
+                    report.train(summary)
                     reports.append(summary)
                     window = []
                 if lead and valid_set and (done % config.steps_per_eval == 0 or last):
@@ -198,10 +219,8 @@ def stop_signals(log):
             signal.signal(s, h)
 
 
-def _progress(total: int, start: int):
-    """A progress bar on a terminal; nothing when output goes to a file or a test."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, desc="Training", leave=False)
+def _clear_cache(threshold: int) -> None:
+    """mlx_lm.lora's clear_cache_threshold: hand the allocator's cached buffers back once
+    they pass it (0: after every iteration, as mlx_lm does after every step)."""
+    if mx.get_cache_memory() > threshold:
+        mx.clear_cache()

@@ -64,7 +64,9 @@ def expert_stats(model, examples: list[Example], batch_size: int) -> dict:
         nll += (-(lp * mask).sum()).item()
         entropy += (ent * mask).sum().item()
         count += mask.sum().item()
-    return {"nll": nll / max(count, 1), "entropy": entropy / max(count, 1)}
+    if not count:  # no expert answer to measure (prompt-only rows): no number, not 0
+        return {"nll": float("nan"), "entropy": float("nan")}
+    return {"nll": nll / count, "entropy": entropy / count}
 
 
 def validate(model, tokenizer, valid_set: list[Example], config: TrainConfig, reward_fns) -> dict:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from mlx_gft import answers, rewards, sympy_worker
+from mlx_gft import answers, builtin_rewards, rewards, sympy_worker
 from mlx_gft.rewards import (
     Reward,
     RewardError,
@@ -471,3 +471,84 @@ def test_long_excerpts_are_shortened():
 def test_words_are_not_products_of_symbols():
     assert not answers_match("no", "on")
     assert answers._to_sympy_source("no") is None
+
+
+# --------------------------------------------------------------------------------------
+# The math-verify backend (`--reward math_verify`)
+
+
+def test_math_verify_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # as if not installed
+    for load in (load_reward, lambda name: load_rewards([name])):
+        with pytest.raises(
+            RewardError, match="'math_verify' reward needs math-verify.*pip install"
+        ):
+            load("math_verify")
+    assert load_reward("math") is math_reward  # the default does not need it
+
+
+def test_math_verify_reward():
+    pytest.importorskip("math_verify")
+    assert load_reward("math_verify") is rewards.math_verify_reward
+    assert rewards.verifier_name(["f1", "math_verify"]) == "math_verify"
+    cases = [
+        ("So $\\boxed{\\dfrac{3}{4}}$.", "0.75", 1.0),
+        ("The point is $(1, 2)$.", "(1,2)", 1.0),  # a bare LaTeX truth is read as math
+        ("She sold \\boxed{72} clips.", "Natalia sold 48+24 = 72 clips.\n#### 72", 1.0),
+        ("\\boxed{\\log_2 8}", "3", 1.0),
+        ("\\boxed{\\frac{2}{3}}", "\\frac{3}{2}", 0.0),
+        ("I do not know.", "12", 0.0),
+    ]
+    for completion, answer, expected in cases:
+        got = rewards.math_verify_reward(prompt="", completion=completion, answer=answer)
+        assert got == expected, (completion, answer)
+    with pytest.raises(RewardError, match="answer"):
+        rewards.math_verify_reward(prompt="q", completion="1", answer=None)
+
+
+def test_math_verify_cannot_run_off_the_main_thread_so_it_runs_in_the_helper():
+    math_verify = pytest.importorskip("math_verify")
+    errors = []
+
+    def in_thread():
+        try:
+            math_verify.parse("$1$")
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join(timeout=30)
+    assert errors and "threaded environment" in errors[0]  # its signal.alarm time limits
+    # Under --reward-timeout every reward runs on a worker thread: the helper process
+    # (whose main thread runs math-verify) makes that work.
+    samples = [{"prompt": "q", "completion": "\\boxed{\\frac{1}{2}}", "answer": "0.5"}] * 2
+    total, _ = score(load_rewards(["math_verify"]), samples, timeout=30)
+    assert total.tolist() == [1.0, 1.0]
+
+
+def test_math_verify_overrun_is_cut_off(monkeypatch):
+    pytest.importorskip("math_verify")
+    monkeypatch.setattr(builtin_rewards, "MATH_VERIFY_TIMEOUT", 1.0)
+    rewards.math_verify_reward(prompt="", completion="\\boxed{1}", answer="1")  # helper up
+    tic = time.monotonic()
+    hostile = "\\boxed{9^{9^{9^{9}}}}"  # sympy would evaluate it for ever
+    assert rewards.math_verify_reward(prompt="", completion=hostile, answer="2") == 0.0
+    assert time.monotonic() - tic < 1.0 + 1.0
+    # The killed helper's replacement loads math-verify again and answers.
+    assert rewards.math_verify_reward(prompt="", completion="\\boxed{-7}", answer="-7") == 1.0
+
+
+def test_the_verifier_comparison_in_the_docs_is_current():
+    pytest.importorskip("math_verify")
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("_verifiers", root / "benchmarks/verifiers.py")
+    verifiers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verifiers)
+    table = verifiers.table()
+    doc = (root / "docs" / "verifiers.md").read_text()
+    assert table.splitlines()[-1] in doc  # the totals row
+    assert table in doc, "rerun python benchmarks/verifiers.py and update docs/verifiers.md"

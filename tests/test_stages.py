@@ -30,6 +30,7 @@ def test_stage_configs_override_the_run_and_keep_folders_apart():
     ("stages", "message"),
     [
         (["sft", {"num_layers": 2}], r"stages\[1\]: 'num_layers' is set for the whole run"),
+        ([{"prompt_feature": "q"}], r"stages\[0\]: 'prompt_feature' is set for the whole run"),
         ([{"los": "gft"}], r"stages\[0\]: unknown key 'los'; did you mean 'loss'\?"),
         (["gtf"], r"loss: 'gtf' is not one of"),
         ([3], r"stages\[0\]: expected a loss name or a mapping"),

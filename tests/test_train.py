@@ -30,7 +30,7 @@ def quick_run(tiny_model, data, adapters, *extra, log=None):
     return results, lines
 
 
-@pytest.mark.parametrize("loss", ["gft", "sft", "dft", "grpo"])
+@pytest.mark.parametrize("loss", ["gft", "sft", "sft-verified", "dft", "grpo"])
 def test_each_loss_trains_and_saves_mlx_lm_adapters(tiny_model, arithmetic_data, tmp_path, loss):
     extra = ["--iters", "2", "--loss", loss]
     if loss == "grpo":
@@ -330,3 +330,22 @@ def test_probe_kl_is_zero_at_the_base_and_positive_after_a_change(tiny_model):
     ]
     model.update(tree_unflatten(moved))
     assert probe_kl(model, probe) > 1e-4
+
+
+def test_sft_verified_trains_on_the_expert_answers_the_reward_accepts(
+    tiny_model, arithmetic_data, tmp_path
+):
+    rows = [json.loads(x) for x in (arithmetic_data / "train.jsonl").open()]
+    # Accept the rows whose answer is even: the log names how many the run kept.
+    reward = tmp_path / "even.py"
+    reward.write_text("def score(answer, **kw):\n    return float(int(answer) % 2 == 0)\n")
+    even = sum(int(r["answer"]) % 2 == 0 for r in rows)
+    extra = ["--iters", "1", "--loss", "sft-verified", "--reward", f"{reward}:score"]
+    _, lines = quick_run(tiny_model, arithmetic_data, tmp_path / "ad", *extra)
+    assert (
+        f"Training on the {even} of {len(rows)} rows whose expert answer the reward accepts"
+        in lines
+    )
+    reward.write_text("def score(**kw):\n    return 0.0\n")
+    with pytest.raises(ConfigError, match="0 of .* expert answers pass the reward"):
+        quick_run(tiny_model, arithmetic_data, tmp_path / "none", *extra)
