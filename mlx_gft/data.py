@@ -31,6 +31,7 @@ class Example:
     expert: list[int]  # expert answer tokens, ending with EOS; [] for a prompt-only row
     teachers: list[list[int]] = field(default_factory=list)
     prompt_text: str = ""
+    prompt_messages: list[dict] | None = None  # the chat before the answer, for chat rows
     expert_text: str = ""
     teacher_texts: list[str] = field(default_factory=list)
     answer: str | None = None
@@ -147,6 +148,7 @@ def _example(where: str, row: dict, tokenizer, needs_prompt: bool) -> Example:
         expert=answer(response) if response is not None else [],
         teachers=[answer(t) for t in row["teachers"]],
         prompt_text=messages[-1].get("content", "") if messages else "",
+        prompt_messages=messages if row.get("conversational") else None,
         expert_text=response or "",
         teacher_texts=row["teachers"],
         answer=row["answer"],

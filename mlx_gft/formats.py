@@ -156,8 +156,11 @@ def _prompt_only(row: dict, where: str, f: Features) -> list[dict]:
 
 
 def _body(row: dict, where: str, f: Features) -> dict[str, Any]:
-    """{messages, response, text} of the row's form; response None for a prompt-only row."""
+    """{messages, response, text, conversational} of the row's form; response None for a
+    prompt-only row."""
     body: dict[str, Any] = {"messages": None, "response": None, "text": None}
+    # Chat-form rows reach TRL-style batch rewards as messages, as TRL passes them.
+    body["conversational"] = f.chat in row or isinstance(row.get(f.prompt), list)
     if f.prompt in row and _given(row, f.completion):
         body["messages"] = _prompt(row[f.prompt], where, f.prompt)
         body["response"] = _completion(row[f.completion], where, f.completion)

@@ -79,6 +79,8 @@ def reward_inputs(groups: Groups) -> list[dict]:
             "reference": m.example.expert_text if m.example.expert else None,
             "kind": m.kind,
             "truncated": m.truncated,
+            # TRL's conversational form for batch rewards (per-sample ones ignore it).
+            **({"prompt_messages": m.example.prompt_messages} if m.example.prompt_messages else {}),
         }
         for m in groups.members
     ]

@@ -17,10 +17,10 @@ def batch_arguments(
     with one entry per sample (None where a sample lacks the key).
 
     Prompts and completions are strings, as in TRL's standard format. When every sample
-    carries ``prompt_messages`` (a chat row's messages before the answer) they are TRL's
+    carries ``prompt_messages`` (`groups.reward_inputs` gives them for rows written in
+    chat form: TRL's conversational rows and mlx_lm's `messages`) they are TRL's
     conversational form instead: each prompt those messages, each completion
-    ``[{"role": "assistant", "content": text}]``. (`groups.reward_inputs` gives no
-    ``prompt_messages`` yet: the data loader does not keep a row's chat form.)"""
+    ``[{"role": "assistant", "content": text}]``."""
     n = len(samples)
     keys = dict.fromkeys(k for sample in samples for k in sample if k not in _BATCH_OWN)
     columns = {key: [sample.get(key) for sample in samples] for key in keys}

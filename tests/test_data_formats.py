@@ -394,6 +394,27 @@ def test_conversational_prompt_keeps_its_system_message(tiny_model):
     assert bare.prompt == ex.prompt and bare.expert == [] and bare.expert_text == ""
 
 
+@pytest.mark.slow
+def test_chat_rows_reach_batch_rewards_as_messages_string_rows_as_text(tiny_model):
+    """TRL passes a conversational dataset's prompts and completions to its reward
+    functions as messages, a standard one's as strings: so do we."""
+    from mlx_lm import load
+
+    from mlx_gft.groups import build_groups, reward_inputs
+    from mlx_gft.reward_batches import batch_arguments
+
+    _, tokenizer = load(str(tiny_model))
+    chat = parse_row(FORMATS["conversational"][0], "f:1")
+    plain = parse_row({"prompt": "2+2?", "completion": "4"}, "f:2")
+    examples = data_lib.tokenize_rows([("f:1", chat), ("f:2", plain)], tokenizer, 256, True)
+    inputs = reward_inputs(build_groups(examples, [], 0, teacher_count=1))
+    conversational = batch_arguments(inputs[:1])
+    assert conversational["prompts"] == [[SYSTEM, USER]]
+    assert conversational["completions"][0][0]["role"] == "assistant"
+    standard = batch_arguments(inputs[1:])
+    assert standard["prompts"] == ["2+2?"] and standard["completions"] == ["4"]
+
+
 @pytest.mark.parametrize(
     ("rows", "extra", "message"),
     [
