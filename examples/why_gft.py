@@ -32,7 +32,7 @@ from mlx_gft.plots import chain_stages, plot_runs, read_metrics
 from mlx_gft.tasks import write_dataset
 
 MAX_TOKENS = 64  # per answer, in training samples and held-out evaluation alike
-# Where GFT's verifier beats SFT's imitation on the built-in task (docs/learning.md).
+# Wrong expert answers: SFT imitates them, GFT's verifier scores them 0 (README, Why GFT).
 DEMO_WRONG_EXPERTS = 0.3
 PLOTTED = ("val_entropy", "grad_norm", "kl_to_base", "reward_sampled", "val_acc", "val_loss")
 
