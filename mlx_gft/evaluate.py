@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import rewards as rewards_lib
+from .answers import extract_answer
 from .checkpoint import write_json
 from .data import DataError, Example, load_splits, read_jsonl, tokenize_rows
 from .groups import Groups, Member, reward_inputs
@@ -35,6 +36,32 @@ def avg_and_pass_at_k(correct: np.ndarray) -> tuple[float, float]:
     if correct.size == 0:
         return float("nan"), float("nan")
     return float(correct.mean()), float(correct.any(axis=1).mean())
+
+
+def pass_at_k_curve(correct: np.ndarray) -> list[float]:
+    """Unbiased pass@k for k = 1..n (Chen et al. 2021) of a (problems, n samples) table:
+    per problem 1 - C(n - c, k) / C(n, k) with c correct samples, averaged over problems.
+    pass@n is `avg_and_pass_at_k`'s pass@k; pass@1 is its avg@k."""
+    correct = np.asarray(correct) > 0
+    if correct.size == 0:
+        return []
+    n = correct.shape[1]
+    c = correct.sum(axis=1)
+    curve = []
+    for k in range(1, n + 1):
+        # C(n - c, k) / C(n, k) as a product, no big binomials: prod_{i=n-c+1..n} (1 - k/i).
+        miss = [np.prod(1.0 - k / np.arange(n - ci + 1, n + 1)) if n - ci >= k else 0.0 for ci in c]
+        curve.append(float(1.0 - np.mean(miss)))
+    return curve
+
+
+def distinct_answers(texts: list[list[str]]) -> float:
+    """Mean number of distinct final answers per problem among its samples (answers as
+    the math verifier extracts them; a sample with none counts as one more answer)."""
+    if not texts:
+        return float("nan")
+    counts = [len({extract_answer(t) for t in samples}) for samples in texts]
+    return float(np.mean(counts))
 
 
 def sampled_batches(
@@ -141,7 +168,7 @@ def accuracy(
     """
     if temperature == 0:
         samples = 1  # greedy answers are all the same
-    table, _ = score_samples(
+    table, texts = score_samples(
         model,
         tokenizer,
         examples,
@@ -165,6 +192,8 @@ def accuracy(
         "min_p": min_p,
         "avg_at_k": avg,
         "pass_at_k": passed,
+        "pass_at": pass_at_k_curve(table),  # pass@1 .. pass@samples
+        "distinct_answers": distinct_answers(texts),
         "correct": [int(c) for c in (table > 0).sum(axis=1)],
     }
 
@@ -266,6 +295,8 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
         "seed": args.seed,
         "avg_at_k": sampled["avg_at_k"],
         "pass_at_k": sampled["pass_at_k"],
+        "pass_at": sampled["pass_at"],
+        "distinct_answers": sampled["distinct_answers"],
         "greedy": greedy["avg_at_k"],
         "correct": sampled["correct"],
         "greedy_correct": greedy["correct"],
@@ -289,6 +320,8 @@ def format_table(result: dict) -> str:
         f"{'problems':<10}{result['n']}",
         f"{f'avg@{k}':<10}{result['avg_at_k']:.3f}  (mean over {k} samples at {setting})",
         f"{f'pass@{k}':<10}{result['pass_at_k']:.3f}  (any of {k} correct)",
+        f"{'pass@1..':<10}{' '.join(f'{p:.3f}' for p in result['pass_at'])}  (unbiased)",
+        f"{'distinct':<10}{result['distinct_answers']:.2f}  (final answers per problem)",
         f"{'greedy':<10}{result['greedy']:.3f}  (T=0, one answer)",
     ]
     return "\n".join(lines)

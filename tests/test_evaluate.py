@@ -11,15 +11,39 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from mlx_gft import evaluate, sampling
 from mlx_gft.data import Example
-from mlx_gft.evaluate import accuracy, avg_and_pass_at_k, main, score_samples
+from mlx_gft.evaluate import (
+    accuracy,
+    avg_and_pass_at_k,
+    distinct_answers,
+    main,
+    pass_at_k_curve,
+    score_samples,
+)
 from mlx_gft.models import load_model
 from mlx_gft.sampling import Sample
 
 RESULT_KEYS = {
     "n", "samples", "temperature", "top_k", "min_p", "max_concurrency", "max_tokens", "seed",
-    "avg_at_k", "pass_at_k", "greedy", "correct", "greedy_correct", "reward", "model",
+    "avg_at_k", "pass_at_k", "pass_at", "distinct_answers", "greedy", "correct",
+    "greedy_correct", "reward", "model",
     "adapter_path", "data", "split",
 }  # fmt: skip
+
+
+def test_pass_at_k_curve_is_the_unbiased_estimator():
+    correct = np.array([[1, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]])
+    # Problem 1 (2 of 4 right): pass@1 = 1 - C(2,1)/C(4,1) = 1/2, pass@2 = 1 - C(2,2)/C(4,2)
+    # = 5/6, pass@3 = pass@4 = 1 (fewer than k wrong samples); problem 2: 0; problem 3: 1.
+    curve = pass_at_k_curve(correct)
+    assert curve == pytest.approx([1 / 2, (5 / 6 + 1) / 3, 2 / 3, 2 / 3])
+    avg, passed = avg_and_pass_at_k(correct)
+    assert (curve[0], curve[-1]) == pytest.approx((avg, passed))
+    assert pass_at_k_curve(np.zeros((0, 3))) == []
+
+
+def test_distinct_answers_counts_final_answers_per_problem():
+    texts = [["The answer is 3.", "#### 3", "\\boxed{4}"], ["no answer here", "nothing"]]
+    assert distinct_answers(texts) == pytest.approx((2 + 1) / 2)  # {3, 4}; {none}
 
 
 def test_avg_and_pass_at_k_match_hand_counts():
