@@ -260,7 +260,7 @@ def shared_prompt_logprobs(
     for a, b, p in spans:
         if a > row:  # rows without a span: nothing scored
             lps += gap(a - row, width)
-            ents += gap(a - row, width)
+            ents += gap(a - row, width) if with_entropy else []
         cache = [_SharedPromptKV() for _ in model.layers]
         if p > 1:
             model.model(tokens[a : a + 1, : p - 1], cache=cache)
@@ -278,6 +278,6 @@ def shared_prompt_logprobs(
         row = b
     if row < B:
         lps += gap(B - row, width)
-        ents += gap(B - row, width)
+        ents += gap(B - row, width) if with_entropy else []
     logp = mx.concatenate(lps, axis=0)
     return logp, mx.concatenate(ents, axis=0) if with_entropy else None

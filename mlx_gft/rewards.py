@@ -48,6 +48,7 @@ from .builtin_rewards import (
     math_reward,
     math_verify_reward,
 )
+from .data import has_answers
 from .reward_batches import batch_arguments
 
 __all__ = [
@@ -82,7 +83,7 @@ def default_rewards(chosen: list[str] | None, examples: Sequence[Any]) -> list[s
     an `answer`, else token F1 against the expert answer."""
     if chosen:
         return chosen
-    return ["math"] if all(e.answer is not None for e in examples) else ["f1"]
+    return ["math"] if has_answers(examples) else ["f1"]
 
 
 def reward_origin(chosen: list[str] | None, specs: list[str]) -> str:

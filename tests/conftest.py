@@ -46,3 +46,17 @@ def _write_flaky_reward(folder: Path, fail_after: int, message: str) -> str:
         "    return float(len(completion) % 2)\n"
     )
     return f"{path}:score"
+
+
+@pytest.fixture
+def batch_joins(monkeypatch) -> list:
+    """A list that gets an entry each time waiting samples join a running decode batch
+    (`max_concurrency`): the sampler's queueing path was taken."""
+    from mlx_gft import sampling
+
+    joins: list = []
+    extend = sampling._LiveBatch.extend
+    monkeypatch.setattr(
+        sampling._LiveBatch, "extend", lambda self, o: joins.append(1) or extend(self, o)
+    )
+    return joins

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mlx_gft import evaluate, sampling
+from mlx_gft import evaluate
 from mlx_gft.data import load_splits, read_jsonl
 from mlx_gft.distill import main, original_rows
 from mlx_gft.models import load_model
@@ -105,13 +105,9 @@ def test_top_k_1_gives_the_greedy_teacher_answer(tiny_model, arithmetic_data, tm
 
 @pytest.mark.slow
 def test_min_p_and_max_concurrency_reach_the_sampler(
-    tiny_model, arithmetic_data, tmp_path, monkeypatch
+    tiny_model, arithmetic_data, tmp_path, batch_joins
 ):
-    joins = []
-    extend = sampling._LiveBatch.extend
-    monkeypatch.setattr(
-        sampling._LiveBatch, "extend", lambda self, o: joins.append(1) or extend(self, o)
-    )
+    joins = batch_joins
     # Hot enough that the random model's EOS ends some answers early, so with a cap of
     # 2 waiting samples join a running batch.
     argv = f"--teacher {tiny_model} --data {arithmetic_data} --splits valid --num-responses 4 "

@@ -9,7 +9,7 @@ from mlx.utils import tree_flatten
 from mlx_lm import load
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
-from mlx_gft import evaluate, sampling
+from mlx_gft import evaluate
 from mlx_gft.data import Example
 from mlx_gft.evaluate import (
     accuracy,
@@ -187,13 +187,9 @@ def test_cli_top_k_1_samples_the_greedy_answer(tiny_model, arithmetic_data, tmp_
 
 @pytest.mark.slow
 def test_cli_max_concurrency_does_not_change_the_samples(
-    tiny_model, arithmetic_data, tmp_path, monkeypatch
+    tiny_model, arithmetic_data, tmp_path, batch_joins
 ):
-    joins = []
-    extend = sampling._LiveBatch.extend
-    monkeypatch.setattr(
-        sampling._LiveBatch, "extend", lambda self, o: joins.append(1) or extend(self, o)
-    )
+    joins = batch_joins
     reward, completions = _recording_reward(tmp_path)
     out = tmp_path / "r.json"
     # Hot enough that the random model's EOS ends some samples early, so with a cap of

@@ -308,13 +308,9 @@ def test_shared_prefix_equals_unshared(loaded, prompts):
 
 
 @pytest.mark.parametrize("cap", [1, 3, 5])
-def test_max_concurrency_does_not_change_samples(loaded, prompts, cap, monkeypatch):
+def test_max_concurrency_does_not_change_samples(loaded, prompts, cap, batch_joins):
     model, tok = loaded
-    joins = []
-    original = sampling._LiveBatch.extend
-    monkeypatch.setattr(
-        sampling._LiveBatch, "extend", lambda self, o: joins.append(1) or original(self, o)
-    )
+    joins = batch_joins
     kw = {"max_tokens": 10, "seed": 13, "eos_token_ids": set(range(5, 500, 23))}
     free = sample_groups(model, tok, prompts, 4, **kw)
     assert not joins
