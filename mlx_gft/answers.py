@@ -1,7 +1,8 @@
 """The math verifier: extract a completion's final answer and compare it with the truth.
 
 It follows the paper's reference (section 2 of the spec): take the last
-``\\boxed{...}``, else ``#### N``, else "the answer is ...", else the last number; then
+``\\boxed{...}``, else ``#### N``, else "the answer is ..." (the number or expression at
+its start when words follow it), else the last number; then
 compare as normalised strings, as numbers (relative tolerance 1e-4, percentages), and
 finally symbolically with sympy. The symbolic check runs, under a time limit, in the
 helper process of :mod:`mlx_gft.sympy_worker`, and only when the cheap checks cannot decide.
@@ -29,6 +30,10 @@ _ANSWER_IS_RE = re.compile(r"answer\s+is\s*:?\s*([^\n]+)", re.IGNORECASE)
 _NUMBER_RE = re.compile(
     r"(?:(?<![\w)])-)?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:/\d+)?%?"
 )
+# Dashes that typeset text and word processors put for a minus sign (U+2212 minus, U+2013
+# en dash, ...): read as "-", so the number pattern's own rule tells a sign ("-4") from a
+# range ("3-4").
+_MINUS = str.maketrans(dict.fromkeys("\u2212\u2012\u2013\ufe63\uff0d", "-"))
 
 
 def _braced(text: str, start: int) -> tuple[str, int] | None:
@@ -64,21 +69,66 @@ def _first_sentence(s: str) -> str:
     return re.split(r"\.(?:\s|$)", s, maxsplit=1)[0].strip()
 
 
+# Words that do not end an answer written out after "the answer is": the second half of
+# a hedge ("4 or 5" must stay "4 or 5", which matches nothing) and math spelt in words.
+_MATH_WORDS = {"or", "and", "plus", "minus", "times", "over", "divided", "by", "squared",
+               "cubed", "to", "mod", "percent", "infinity"}  # fmt: skip
+_WORD_RE = re.compile(r"[A-Za-z]{2}")
+_TOKEN_RE = re.compile(r"\\(?:[A-Za-z]+|.)|[A-Za-z]+|.", re.DOTALL)
+
+
+def _is_math_word(word: str) -> bool:
+    w = word.lower()
+    return (
+        w in _MATH_WORDS
+        or w in _LATEX_NAMES
+        or w in _SYMPY_FUNCS
+        or w in _SYMPY_CONSTS
+        or _UNIT_WORD_RE.fullmatch(word) is not None  # "5 cm": _normalize drops the unit
+    )
+
+
+def _answer_head(phrase: str) -> str:
+    """The answer at the start of what follows "the answer is", without the words after
+    it: "12 apples" -> "12", "12, not 15 as I thought" -> "12".
+
+    A word ends the answer when it stands on its own (after a space or "("), outside
+    braces and $...$, and is neither math nor a unit. Only a head with a digit or LaTeX in
+    it is cut off: "Yes", "C" or "Paris" is a word answer, read whole as before.
+    """
+    if not _WORD_RE.search(phrase):  # "12", "C", "-3/4": nothing to cut, the common case
+        return phrase
+    depth, in_math, prev = 0, False, " "
+    for m in _TOKEN_RE.finditer(phrase):
+        token = m.group(0)
+        if token.isalpha() and len(token) > 1 and not depth and not in_math:
+            if prev in " (" and not _is_math_word(token):
+                head = phrase[: m.start()].rstrip(" ,;:(")
+                return head if re.search(r"[\d$\\]", head) else phrase
+        depth += token == "{"
+        depth -= token == "}"
+        in_math ^= token == "$"
+        prev = token[-1] if not token.isspace() else " "
+    return phrase
+
+
 def extract_answer(text: str) -> str | None:
     """The final answer in a completion, or None when there is none.
 
     Tries, in order: the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces kept), the
-    last GSM8K ``#### N``, the last "the answer is ...", the last number in the text.
+    last GSM8K ``#### N``, the last "the answer is ..." (up to the words after the answer),
+    the last number in the text.
     """
     if not text:
         return None
+    text = text.translate(_MINUS)
     boxed = _last_boxed(text)
     if boxed:
         return boxed
     gsm = [m.group(1).strip() for m in _GSM8K_RE.finditer(text)]
     if gsm and gsm[-1]:
         return gsm[-1]
-    said = [_first_sentence(m.group(1)) for m in _ANSWER_IS_RE.finditer(text)]
+    said = [_answer_head(_first_sentence(m.group(1))) for m in _ANSWER_IS_RE.finditer(text)]
     if said and said[-1]:
         return said[-1]
     numbers = _NUMBER_RE.findall(text)
@@ -112,17 +162,20 @@ _UNIT_WORDS = (
     r"hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|months?|years?|"
     r"degrees?|units?|people|persons?|items?|pieces?|points?|times"
 )
+_UNIT_WORD_RE = re.compile(_UNIT_WORDS, re.I)
 _UNIT_RE = re.compile(
     rf"(?:(?<=[\d\s}}])(?:{_UNIT_WORDS})|(?<=\s)[mgshl])(?:\^\{{?[23]\}}?)?\.?\s*$", re.I
 )
-_UNICODE = {"\u2212": "-", "\u00d7": "\\times ", "\u00f7": "\\div ", "\u03c0": "\\pi ",
+_UNICODE = {"\u00d7": "\\times ", "\u00f7": "\\div ", "\u03c0": "\\pi ",
             "\u221e": "\\infty ", "\u2009": " ", "\u00a0": " "}  # fmt: skip
 _LEADING_VAR_RE = re.compile(r"^[a-zA-Z]\s*=\s*(?=\S)")
+_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?")
 
 
 def _normalize(s: str) -> str:
     """A canonical spelling of an answer: no $, \\text, \\left, spaces, units, final period."""
     s = s.strip().rstrip(".").strip("*`")  # markdown bold / code around the answer
+    s = s.translate(_MINUS)
     for char, latex in _UNICODE.items():
         s = s.replace(char, latex)
     prev = None
@@ -145,7 +198,10 @@ def _normalize(s: str) -> str:
     s = re.sub(r"(\d)\s+(\d+)\s*/\s*(\d+)", r"\1\\frac{\2}{\3}", s)
     s = re.sub(r"\s+", "", s)
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)  # \frac12
-    return s.rstrip(".")
+    s = s.rstrip(".")
+    # "1,000,000" is one number, not a list of three: without its separators it also
+    # reaches the symbolic check as a number ("1,000,000" == "10^6").
+    return s.replace(",", "") if _THOUSANDS_RE.fullmatch(s) else s
 
 
 _DECIMAL_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?(?:e[+-]?\d+)?|[+-]?\.\d+")

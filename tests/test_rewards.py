@@ -52,6 +52,29 @@ EXTRACT_CASES = [
     ("\\boxed{12} but then \\boxed{13", "12"),  # a cut-off last box is skipped
     ("no digits here", None),
     ("", None),
+    # "the answer is" followed by words: the number or expression at its start
+    ("5 + 7 = 12. The answer is 12 apples.", "12"),
+    ("The answer is 12, not 15 as I first thought.", "12"),
+    ("The answer is 12 (twelve).", "12"),
+    ("The answer is x = 5 because 5 + 1 = 6.", "x = 5"),
+    ("The answer is \\frac{1}{2} cup of flour.", "\\frac{1}{2}"),
+    ("The answer is $\\frac{3}{4}$ of the cake.", "$\\frac{3}{4}$"),
+    ("The answer is 2\\sqrt{3} meters long.", "2\\sqrt{3} meters"),  # units stay
+    ("The answer is 25 percent of the class.", "25 percent"),  # and so do percentages
+    ("The answer is 2 pi radians.", "2 pi"),  # math words do not end the answer
+    # ... but nothing else changes: a list, a hedge, variables, words and choices
+    ("The answer is 3, -2", "3, -2"),
+    ("The answer is 4 or 5.", "4 or 5"),
+    ("The answer is 3xy.", "3xy"),
+    ("The answer is C.", "C"),
+    ("The answer is (B).", "(B)"),
+    ("The answer is Yes.", "Yes"),
+    ("The answer is New York City.", "New York City"),
+    ("The answer is C because it is largest.", "C because it is largest"),  # read whole
+    # dashes that mean minus
+    ("The change is \u22124 degrees.", "-4"),
+    ("It fell to \u20137 overnight.", "-7"),
+    ("pages 3\u20134", "4"),  # an en dash range is still a range
 ]
 
 
@@ -80,11 +103,14 @@ MATCH_CASES = [
     ("-3", "3", False),
     ("+5", "5", True),
     ("\u22124", "-4", True),  # a unicode minus
+    ("\u20134", "-4", True),  # an en dash for a minus
     ("2\u03c0", "2\\pi", True),
     # thousands separators
     ("1,000", "1000", True),
     ("1{,}000", "1000", True),
     ("12,345,678", "12345678", True),
+    ("1,000,000", "10^6", True),  # one number, not a list of three
+    ("-1,250.5", "-1250.5", True),
     ("1,000", "100", False),
     ("1,5", "1.5", False),
     # trailing period, $, \text, spaces, markdown
@@ -256,6 +282,30 @@ def test_math_reward_end_to_end():
     assert rewards.BUILTIN_REWARDS["accuracy"] is math_reward
     with pytest.raises(RewardError, match="answer"):
         math_reward(prompt="q", completion="1", answer=None)
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("5 + 7 = 12. The answer is 12 apples.", "12", 1.0),
+        ("The answer is 12, not 15 as I first thought.", "12", 1.0),
+        ("The answer is 12, not 15 as I first thought.", "15", 0.0),
+        ("The answer is 4 or 5.", "4", 0.0),  # a hedge is not rewarded
+        ("The answer is 4 or maybe 5.", "4", 0.0),
+        ("The answer is 50 percent of them.", "0.5", 1.0),
+        ("The answer is $\\frac{3}{4}$ of the cake.", "0.75", 1.0),
+        ("The answer is C.", "C", 1.0),
+        ("The answer is (B).", "B", 1.0),
+        ("The answer is Yes.", "yes", 1.0),
+        ("The answer is no.", "yes", 0.0),
+        ("The change is \u22124 degrees.", "-4", 1.0),
+        ("The change is \u22124 degrees.", "4", 0.0),
+        ("\\boxed{1,000,000}", "10^6", 1.0),
+        ("\\boxed{1,000,000}", "10^5", 0.0),
+    ],
+)
+def test_math_reward_extraction_forms(completion, answer, expected):
+    assert math_reward(prompt="q", completion=completion, answer=answer) == expected
 
 
 def test_exact_match_reward():
