@@ -4,6 +4,7 @@ Every field can be set from YAML; the command line only overrides what it names 
 parser has no defaults of its own, so it can never mask a YAML value).
 """
 
+import argparse
 import difflib
 import re
 import typing
@@ -13,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .formats import Features
 from .methods import METHODS
 
 LOSSES = tuple(METHODS)
@@ -52,6 +54,15 @@ class TrainConfig:
     )
     trust_remote_code: bool = opt(False, "let the tokenizer/model run code from the model's repo")
     data: str | None = opt(None, "folder with train/valid/test.jsonl or Hub dataset")
+    dataset_config: str | None = opt(
+        None, "the Hub dataset's config (subset) name, e.g. main for openai/gsm8k (TRL's name)"
+    )
+    hf_dataset: dict | list | None = opt(
+        None,
+        "YAML, as mlx_lm.lora: a Hub dataset (or a list of them) with path, config "
+        "(load_dataset's arguments, e.g. {name: main}), train_split / valid_split / "
+        "test_split and *_feature columns; data is then not read",
+    )
     # Data columns, mlx_lm's names and defaults (a prompt alone is a prompt-only row).
     prompt_feature: str = opt("prompt", "column with the prompt: text or chat messages")
     completion_feature: str = opt("completion", "column with the expert answer")
@@ -209,6 +220,13 @@ class TrainConfig:
             raise ConfigError(
                 f"reward_weights has {len(weights)} values for {len(rewards)} rewards"
             )
+        if self.hf_dataset is not None:
+            hub_entries(self)  # a malformed entry fails now, naming its key
+            if self.dataset_config:
+                raise ConfigError(
+                    "dataset_config names the config of --data's Hub dataset; with hf_dataset "
+                    "put it in the entry: config: {name: ...}"
+                )
         if self.stages:
             stage_configs(self)  # each stage's options are checked now, not mid-run
         if self.kl_coef and self.fine_tune_type == "full":
@@ -223,8 +241,103 @@ RUN_WIDE = (
     "model", "model_dtype", "trust_remote_code", "data", "train", "test", "fine_tune_type",
     "num_layers", "lora_parameters", "adapter_path", "resume", "stages", "seed",
     # The data is loaded once for every stage, so its column mapping is the run's.
-    "prompt_feature", "completion_feature", "answer_feature", "chat_feature", "text_feature",
+    "dataset_config", "hf_dataset", "prompt_feature", "completion_feature", "answer_feature",
+    "chat_feature", "text_feature",
 )  # fmt: skip
+# The options that say where the rows are and which column is what: mlx_gft.evaluate and
+# mlx_gft.distill take them too, with the same meaning.
+DATA_OPTIONS = (
+    "dataset_config", "prompt_feature", "completion_feature", "answer_feature", "chat_feature",
+    "text_feature",
+)  # fmt: skip
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """--dataset-config and the --*-feature column options, with training's help and
+    defaults, for the tools that read the same data."""
+    for f in fields(TrainConfig):
+        if f.name in DATA_OPTIONS:
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f"{f.metadata['help']} (default: {f.default})"
+            parser.add_argument(flag, default=f.default, help=help_text, metavar=f.name.upper())
+
+
+# --------------------------------------------------------------------------------------
+# mlx_lm.lora's `hf_dataset` (tuner/datasets.py): its keys and split defaults
+
+
+HUB_SPLIT_DEFAULTS = {"train": "train[:80%]", "valid": "train[-10%:]", "test": None}
+HUB_KEYS = (
+    "path",
+    "config",
+    *(f"{split}_split" for split in HUB_SPLIT_DEFAULTS),
+    *(f"{f.name}_feature" for f in fields(Features)),  # answer_feature is ours
+)
+
+
+@dataclass(frozen=True)
+class HubEntry:
+    """One Hub dataset of `hf_dataset`: its id, datasets.load_dataset's keyword arguments
+    (`name`: the config), the slice each split reads (`train[:80%]`; None: none), and
+    its columns (the run's, where the entry names none)."""
+
+    path: str
+    options: dict
+    splits: dict[str, str | None]
+    features: Features
+
+
+def hub_entries(config: "TrainConfig") -> list[HubEntry]:
+    """config.hf_dataset (one mapping or a list, as mlx_lm.lora reads it), checked."""
+    value = config.hf_dataset
+    many = isinstance(value, list)
+    if many and not value:
+        raise ConfigError("hf_dataset: an empty list; give at least one {path: <Hub id>}")
+    entries = value if many else [value]
+    run = Features.of(config)
+    return [
+        _hub_entry(entry, f"hf_dataset[{i}]" if many else "hf_dataset", run)
+        for i, entry in enumerate(entries)
+    ]
+
+
+def _hub_entry(entry: Any, where: str, run: Features) -> HubEntry:
+    if not isinstance(entry, dict):
+        raise ConfigError(
+            f"{where}: expected a mapping such as {{path: openai/gsm8k, config: {{name: main}}}}, "
+            f"got {type(entry).__name__}"
+        )
+    for key in entry:
+        if key not in HUB_KEYS:
+            hint = "; a config name goes in config: {name: ...}" if key == "name" else ""
+            raise ConfigError(
+                f"{where}: unknown key {key!r}{hint or suggest_key(key, HUB_KEYS)} "
+                f"(keys: {', '.join(HUB_KEYS)})"
+            )
+    path = entry.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"{where}: path: expected a Hub dataset id such as openai/gsm8k")
+    options = entry.get("config") or {}
+    if isinstance(options, str):  # a bare config name: the usual case
+        options = {"name": options}
+    if not isinstance(options, dict):
+        raise ConfigError(
+            f"{where}: config: expected datasets.load_dataset's keyword arguments, such as "
+            "{name: main}"
+        )
+    splits = {}
+    for split, default in HUB_SPLIT_DEFAULTS.items():
+        spec = entry.get(f"{split}_split", default)
+        if spec is not None and not isinstance(spec, str):
+            raise ConfigError(f"{where}: {split}_split: expected a split such as train[:80%]")
+        splits[split] = spec
+    columns = {}
+    for f in fields(Features):
+        column = entry.get(f"{f.name}_feature", getattr(run, f.name))
+        if not isinstance(column, str):
+            raise ConfigError(f"{where}: {f.name}_feature: expected a column name")
+        columns[f.name] = column
+    return HubEntry(path, dict(options), splits, Features(**columns))
 
 
 def stage_configs(config: TrainConfig) -> list[TrainConfig]:

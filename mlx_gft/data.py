@@ -1,27 +1,31 @@
 """Datasets: read JSONL (or a Hub dataset), validate every row, tokenize prompts and answers.
 
 The row formats (mlx_lm's and TRL's, column names per the `*_feature` options) are in
-`formats`. A split is `<split>.jsonl` in a folder (`valid` may be `validation.jsonl`) or
-the Hub dataset's split of that name (`valid` or `validation`). GFT extras: `answer`
+`formats`. A split is `<split>.jsonl` in a folder (`valid` may be `validation.jsonl`;
+the tools read any other name too, `ood.jsonl`) or the Hub dataset's split of that name
+(`valid` or `validation`), in the config `dataset_config` names; mlx_lm's `hf_dataset`
+entries name a dataset, its config and a slice per split instead. GFT extras: `answer`
 (ground truth for a verifier) and `teacher_responses` (or `responses`), a list of further
 expert-quality answers. Every answer is tokenized exactly as the chat template lays it
 out after the prompt and ends with the EOS token, which is trained.
 """
 
+import ast
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .formats import DataError, Features, parse_row
 
 if TYPE_CHECKING:
+    from .config import HubEntry
     from .methods import Method
 
 SPLITS = ("train", "valid", "test")
-# The names a split may have in a folder or on the Hub; the first one found is read.
-SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation"), "test": ("test",)}
 SET_NAMES = {"train": "training set", "valid": "validation set", "test": "test set"}
 
 
@@ -286,55 +290,179 @@ def _check_prompt_only(where: str, row: dict, method: "Method", reward: list[str
         )
 
 
-def _parsed(rows: Iterable[Any], label: str, features: Features | None) -> list[tuple[str, dict]]:
-    return [(f"{label}:{i}", parse_row(r, f"{label}:{i}", features)) for i, r in enumerate(rows, 1)]
+# --------------------------------------------------------------------------------------
+# Sources: a folder, a Hub dataset or the built-in task, with its splits by their names
 
 
-def _hub_rows(data_id: str) -> Mapping[str, Sequence[Any]]:
-    """Every split of a Hub dataset by name, as mlx_lm loads it: the one call that goes
-    to the network (tests replace it)."""
+def split_names(split: str) -> tuple[str, ...]:
+    """The names `split` may have in a dataset, in the order they are looked for: `valid`
+    and `validation` stand for each other (mlx_lm writes valid.jsonl, the Hub says
+    validation); any other name is itself (`ood` is ood.jsonl)."""
+    if split in ("valid", "validation"):
+        return (split, "validation" if split == "valid" else "valid")
+    return (split,)
+
+
+RowReader = Callable[[], list[tuple[str, Any]]]
+
+
+@dataclass
+class Source:
+    """A dataset's splits under the names it gives them (a folder's `<name>.jsonl`, a Hub
+    dataset's splits, the built-in task's train / valid / test), each read when asked
+    for as (where, the row as written)."""
+
+    label: str  # for errors: the folder, the Hub id, <built-in task>
+    readers: dict[str, RowReader]
+    folder: Path | None = None  # a folder's splits are files: errors name the file
+    own_columns: bool = False  # the built-in task: its rows keep the default column names
+
+    def name_of(self, split: str) -> str | None:
+        """The source's name for `split` (`validation` for valid, say), None if absent."""
+        return next((n for n in split_names(split) if n in self.readers), None)
+
+    def found(self) -> str:
+        names = [f"{n}.jsonl" if self.folder else n for n in self.readers]
+        return ", ".join(names) or "nothing"
+
+    def missing(self, split: str, hint: str = "") -> DataError:
+        what = f"the {SET_NAMES[split]} is missing" if split in SET_NAMES else "it is missing"
+        if self.folder is not None:
+            where = str(self.folder / f"{split}.jsonl")
+            return DataError(where, f"not found: {what} (found: {self.found()}){hint}")
+        return DataError(self.label, f"no '{split}' split: {what} (found: {self.found()}){hint}")
+
+    def raw(self, split: str, hint: str = "") -> list[tuple[str, Any]]:
+        """The split's rows as written; a DataError listing the splits there are if absent."""
+        name = self.name_of(split)
+        if name is None:
+            raise self.missing(split, hint)
+        return self.readers[name]()
+
+    def rows(
+        self, split: str, features: Features | None = None, hint: str = ""
+    ) -> list[tuple[str, dict]]:
+        """The split's rows, each validated (file:line and field in any error)."""
+        features = None if self.own_columns else features
+        return [(where, parse_row(row, where, features)) for where, row in self.raw(split, hint)]
+
+
+def open_source(data: str | None, dataset_config: str | None = None, **task_kwargs: Any) -> Source:
+    """The splits of `data`: a folder of `<split>.jsonl` files, a Hub dataset id (in the
+    config `dataset_config` names: `main` for openai/gsm8k), or the built-in task (None)."""
+    if data is None:
+        from .tasks import arithmetic
+
+        made = arithmetic.make_dataset(**task_kwargs)
+        label = "<built-in task>"
+        readers = {s: _numbered(rows, f"{label}[{s}]") for s, rows in made.items()}
+        return Source(label, readers, own_columns=True)
+    path = Path(data)
+    if path.is_file():
+        raise DataError(data, "expected a folder with train.jsonl / valid.jsonl / test.jsonl")
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.jsonl") if p.is_file())
+        readers = {p.name.removesuffix(".jsonl"): partial(raw_rows, p) for p in files}
+        return Source(str(path), readers, folder=path)
+    if data.startswith((".", "/", "~")) or data.count("/") != 1:
+        raise DataError(data, "no such folder")
+    options = {"name": dataset_config} if dataset_config else {}
+    found = _hub_rows(data, options)
+    return Source(data, {n: _numbered(found[n], f"{data}[{n}]") for n in found})
+
+
+def _numbered(rows: Sequence[Any], label: str) -> RowReader:
+    return lambda: [(f"{label}:{i}", row) for i, row in enumerate(rows, 1)]
+
+
+# --------------------------------------------------------------------------------------
+# The Hub: the only calls that go to the network (tests replace `datasets`)
+
+
+def _hub_rows(data_id: str, options: Mapping[str, Any]) -> Mapping[str, Sequence[Any]]:
+    """Every split of a Hub dataset by name, as mlx_lm loads `--data <id>`; `options` are
+    datasets.load_dataset's keyword arguments (`name`: the config)."""
+
+    def fix(name: str) -> str:
+        return (
+            f"pass --dataset-config {name} (YAML: dataset_config: {name}, or mlx_lm's "
+            f"hf_dataset: {{path: {data_id}, config: {{name: {name}}}}})"
+        )
+
+    return _load_dataset(data_id, options, fix, "no such folder, and no Hub dataset loads")
+
+
+def hub_split(entry: "HubEntry", split: str) -> list[tuple[str, Any]]:
+    """One split of an mlx_lm `hf_dataset` entry, sliced as its `<split>_split` says
+    (`train[:80%]`), as (where, row)."""
+    spec = entry.splits[split]
+
+    def fix(name: str) -> str:
+        return f"add config: {{name: {name}}} to its hf_dataset entry"
+
+    rows = _load_dataset(entry.path, {**entry.options, "split": spec}, fix, "it does not load")
+    return _numbered(rows, f"{entry.path}[{spec}]")()
+
+
+def _load_dataset(
+    data_id: str, options: Mapping[str, Any], fix: Callable[[str], str], failed: str
+) -> Any:
+    """datasets.load_dataset(data_id, **options), its failures as DataErrors: `fix(name)`
+    says how to name config `name` where this dataset was given, `failed` what any other
+    failure means there."""
     try:
         import datasets
     except ImportError:
         raise DataError(
-            data_id, "not a local folder; loading a Hub dataset needs `pip install datasets`"
+            data_id, "a Hub dataset (not a local folder): loading it needs `pip install datasets`"
         ) from None
     try:
-        return datasets.load_dataset(data_id)
+        return datasets.load_dataset(data_id, **options)
     except Exception as e:  # not found, offline, needs a config name: an error, no traceback
-        raise DataError(
-            data_id, f"no such folder, and no Hub dataset loads ({type(e).__name__}: {e})"
-        ) from e
+        problem = _config_problem(datasets, data_id, options, e, fix)
+        raise DataError(data_id, problem or f"{failed} ({type(e).__name__}: {e})") from e
 
 
-def _split_names(available: list[str]) -> dict[str, str | None]:
-    """{split: its name among `available` (train, valid or validation, test), or None}."""
-    return {s: next((n for n in SPLIT_NAMES[s] if n in available), None) for s in SPLITS}
+def _config_problem(
+    datasets: Any,
+    data_id: str,
+    options: Mapping[str, Any],
+    e: Exception,
+    fix: Callable[[str], str],
+) -> str | None:
+    """What to write when the Hub dataset needs a config name, or has none by the name
+    given: the configs there are and how to pass one. None for other failures."""
+    text = str(e)
+    missing = "Config name is missing" in text
+    unknown = "BuilderConfig" in text and "not found" in text
+    if not (missing or unknown):
+        return None
+    names = _config_names(datasets, data_id, text)
+    listed = ", ".join(names) if names else "see the dataset's page on the Hub"
+    how = fix(names[0] if names else "NAME")
+    if missing:
+        return f"the Hub dataset has several configs and needs one named ({listed}): {how}"
+    return f"the Hub dataset has no config {options.get('name')!r} (it has: {listed}): {how}"
 
 
-def _missing(split: str, available: list[str]) -> str:
-    return f"the {SET_NAMES[split]} is missing (found: {', '.join(available) or 'nothing'})"
+def _config_names(datasets: Any, data_id: str, message: str) -> list[str]:
+    """The configs a `datasets` error lists ("Please pick one among the available configs:
+    ['main', 'socratic']", "BuilderConfig 'x' not found. Available: [...]"), else the
+    Hub's list (one more request; nothing when that fails too)."""
+    match = re.search(r"(?:available configs|Available): (\[[^\]]*\])", message)
+    if match:
+        try:
+            return [str(name) for name in ast.literal_eval(match[1])]
+        except (ValueError, SyntaxError):
+            pass
+    try:
+        return [str(name) for name in datasets.get_dataset_config_names(data_id)]
+    except Exception:  # offline, or a datasets without the function: say what we can
+        return []
 
 
-def _hub_splits(data_id: str, features: Features | None, need: Sequence[str]) -> dict:
-    found = _hub_rows(data_id)
-    names = _split_names(list(found))
-    for split in need:
-        if names[split] is None:
-            raise DataError(data_id, f"no '{split}' split: {_missing(split, list(found))}")
-    # A Hub row is a dict of its split's columns: checked like a JSON row.
-    return {
-        s: _parsed(found[n], f"{data_id}[{n}]", features) if n else [] for s, n in names.items()
-    }
-
-
-def _folder_splits(folder: Path, features: Features | None, need: Sequence[str]) -> dict:
-    found = sorted(p.name for p in folder.glob("*.jsonl") if p.is_file())
-    names = _split_names([name.removesuffix(".jsonl") for name in found])
-    for split in need:
-        if names[split] is None:
-            raise DataError(str(folder / f"{split}.jsonl"), f"not found: {_missing(split, found)}")
-    return {s: read_jsonl(folder / f"{n}.jsonl", features) if n else [] for s, n in names.items()}
+# --------------------------------------------------------------------------------------
+# The splits a run trains, validates and tests on
 
 
 def load_splits(
@@ -342,29 +470,53 @@ def load_splits(
     *,
     features: Features | None = None,
     need: Sequence[str] = (),
+    dataset_config: str | None = None,
     **task_kwargs: Any,
 ) -> dict[str, list[tuple[str, dict]]]:
-    """Validated rows of each split: a local folder, a Hub dataset id, or the built-in
-    task. `features` names the columns; a split in `need` that is absent is an error
-    that says which splits there are."""
-    if data is None:
-        from .tasks import arithmetic
+    """Validated rows of each split (train, valid, test): a local folder, a Hub dataset id
+    (in config `dataset_config`), or the built-in task. `features` names the columns; a
+    split in `need` that is absent is an error that says which splits there are."""
+    source = open_source(data, dataset_config, **task_kwargs)
+    for split in need:  # before any row is parsed: a missing file is the first thing to fix
+        if source.name_of(split) is None:
+            raise source.missing(split)
+    return {s: source.rows(s, features) if source.name_of(s) else [] for s in SPLITS}
 
-        return {
-            split: _parsed(rows, f"<built-in task>[{split}]", None)
-            for split, rows in arithmetic.make_dataset(**task_kwargs).items()
-        }
-    path = Path(data)
-    if path.is_file():
-        raise DataError(data, "expected a folder with train.jsonl / valid.jsonl / test.jsonl")
-    if path.is_dir():
-        return _folder_splits(path, features, need)
-    if data.startswith((".", "/", "~")) or data.count("/") != 1:
-        raise DataError(data, "no such folder")
-    return _hub_splits(data, features, need)
+
+def load_hub_entries(
+    entries: Sequence["HubEntry"], need: Sequence[str]
+) -> dict[str, list[tuple[str, dict]]]:
+    """Validated rows of each split from mlx_lm's `hf_dataset` entries, each entry's rows
+    after the last's, as mlx_lm concatenates them. Only the splits the run reads are
+    downloaded: train and valid to train, test to test."""
+    wanted = [*need, "valid"] if "train" in need else list(need)
+    out: dict[str, list[tuple[str, dict]]] = {split: [] for split in SPLITS}
+    for entry in entries:
+        for split in SPLITS:
+            if split not in wanted:
+                continue
+            if entry.splits[split] is None:
+                if split in need:
+                    raise DataError(
+                        f"hf_dataset {entry.path}",
+                        f"no {split}_split: the {SET_NAMES[split]} is needed; name the split, "
+                        f"e.g. {split}_split: {split}",
+                    )
+                continue
+            rows = hub_split(entry, split)
+            out[split] += [(where, parse_row(row, where, entry.features)) for where, row in rows]
+    return out
 
 
 def load_run_splits(config: Any) -> dict[str, list[tuple[str, dict]]]:
-    """The splits a TrainConfig's run reads: its columns, and the splits it needs."""
+    """The splits a TrainConfig's run reads: its data (or mlx_lm's `hf_dataset` entries),
+    its columns, and the splits it needs."""
     need = [split for split in ("train", "test") if getattr(config, split)]
-    return load_splits(config.data, features=Features.of(config), need=need)
+    if getattr(config, "hf_dataset", None):
+        from .config import hub_entries
+
+        return load_hub_entries(hub_entries(config), need)
+    features = Features.of(config)
+    return load_splits(
+        config.data, features=features, need=need, dataset_config=config.dataset_config
+    )

@@ -2,12 +2,16 @@
 
     python -m mlx_gft.distill --teacher M --data data/ --num-responses 4 --keep-correct
 
-Every row of the chosen splits is copied unchanged with `teacher_responses` added: the
-row's existing teacher answers (`teacher_responses` or `responses`) followed by the
-teacher's new samples, drawn from the same chat-templated prompt training samples
-from. `--keep-correct` keeps only the samples the math verifier accepts against the
-row's `answer`. Splits not distilled (test, by default) are copied as they are, so the
-output is a complete dataset for `python -m mlx_gft.lora --data OUT`.
+The data is read as training reads it: a folder of `<split>.jsonl` files (valid.jsonl or
+validation.jsonl, and any other split such as ood.jsonl), a Hub dataset
+(`--dataset-config` for its config), or the built-in task; every row form, with the same
+`--*-feature` column options. Every row of the chosen splits (`--splits`, default train
+and valid) is copied unchanged with `teacher_responses` added: the row's existing teacher
+answers (`teacher_responses` or `responses`) followed by the teacher's new samples, drawn
+from the same chat-templated prompt training samples from. `--keep-correct` keeps only
+the samples the math verifier accepts against the row's answer. The other splits (test,
+by default) are copied as they are, each under its own name, so the output is a complete
+dataset for `python -m mlx_gft.lora --data OUT`.
 """
 
 import argparse
@@ -19,8 +23,10 @@ from pathlib import Path
 
 from . import rewards as rewards_lib
 from .checkpoint import write_jsonl
-from .data import SPLITS, DataError, parse_row, raw_rows
+from .config import add_data_options
+from .data import DataError, Source, open_source, parse_row
 from .evaluate import check_sampling_options, sampled_batches, sampling_examples
+from .formats import Features
 from .models import LoadError, load_model
 from .progress import Progress
 
@@ -34,20 +40,33 @@ class SplitStats:
     empty_rows: int = 0  # rows left with no new response (--keep-correct)
 
 
-def original_rows(data: str | None, split: str) -> list[tuple[str, dict]]:
-    """(file:line, the row's JSON object as written) for every row of a split, in order."""
-    if data is None:
-        from .tasks import arithmetic
+# What --splits means when it is not given: the splits training learns from.
+DEFAULT_SPLITS = ("train", "valid")
 
-        rows = arithmetic.make_dataset()[split]
-        return [(f"<built-in task>[{split}]:{i + 1}", row) for i, row in enumerate(rows)]
-    path = Path(data) / f"{split}.jsonl"
-    if not path.is_file():
-        return []
-    rows = raw_rows(path)
-    for where, row in rows:  # every row checked, naming file:line, before any sampling
-        parse_row(row, where)
-    return rows
+
+def chosen_splits(source: Source, splits: str | None, log=print) -> list[str]:
+    """The source's names of the splits to distill (`validation` for valid, say). Each
+    split --splits names must be there; by default train and valid, those there are."""
+    if splits is not None:
+        hint = "; name splits that exist with --splits"
+        missing = next((s for s in splits.split(",") if s and not source.name_of(s)), None)
+        if missing is not None:
+            raise source.missing(missing, hint)
+        return list(dict.fromkeys(source.name_of(s) for s in splits.split(",") if s))
+    chosen = []
+    for split in DEFAULT_SPLITS:
+        name = source.name_of(split)
+        if name is None:
+            log(f"Note: no {split} split to distill in {source.label} (found: {source.found()})")
+        else:
+            chosen.append(name)
+    if not chosen:
+        raise DataError(
+            source.label,
+            f"no train or valid split to distill (found: {source.found()}); name the splits "
+            "to distill with --splits",
+        )
+    return chosen
 
 
 def existing_responses(row: dict) -> list[str]:
@@ -70,14 +89,15 @@ def distill_split(
     min_p: float = 0.0,
     max_concurrency: int | None = None,
     progress: Callable[[int], None] | None = None,
+    features: Features | None = None,
 ) -> tuple[list[dict], SplitStats]:
     """The rows with the teacher's answers added, in the same order, and counts.
 
     top_k and min_p truncate the teacher's sampling; max_concurrency caps the samples
     decoded at once (memory) without changing them. `progress(n)` after each batch of
-    n rows.
+    n rows. `features` names the rows' columns, as training's options do.
     """
-    parsed = [(where, parse_row(row, where)) for where, row in rows]
+    parsed = [(where, parse_row(row, where, features)) for where, row in rows]
     if keep_correct:
         require_answers(parsed)
     examples = sampling_examples(parsed, tokenizer, model)
@@ -116,7 +136,10 @@ def distill_split(
 def require_answers(parsed: list[tuple[str, dict]]) -> None:
     for where, row in parsed:
         if row["answer"] is None:
-            raise DataError(f"{where}: field 'answer'", "missing; --keep-correct checks against it")
+            column = row["features"].answer
+            raise DataError(
+                f"{where}: field '{column}'", "missing; --keep-correct checks against it"
+            )
 
 
 def is_correct(prompt: str, completion: str, answer: str) -> bool:
@@ -137,28 +160,30 @@ def summary_line(split: str, stats: SplitStats) -> str:
 
 
 def distill(args: argparse.Namespace, log=print) -> dict[str, SplitStats]:
-    """Run the command line's job; returns the counts of every distilled split."""
-    splits = [s for s in args.splits.split(",") if s]
+    """Run the command line's job; returns the counts of every distilled split, by the
+    names the data gives them."""
     out_dir = Path(args.output)
-    if args.data is not None:
-        if not Path(args.data).is_dir():
-            raise DataError(args.data, "expected a folder with train.jsonl / valid.jsonl")
+    if args.data is not None and Path(args.data).is_dir():
         if out_dir.resolve() == Path(args.data).resolve():
             raise DataError(args.output, "--output is the input folder; choose another")
-    # Every row is read and checked before the (slow) model load.
-    rows = {s: original_rows(args.data, s) for s in SPLITS}
-    if not any(rows[s] for s in splits):
-        raise DataError(args.data or "<built-in task>", f"no rows in the splits {args.splits}")
-    if args.keep_correct:
-        for split in splits:
-            require_answers([(where, parse_row(row, where)) for where, row in rows[split]])
+    source = open_source(args.data, args.dataset_config)
+    features = None if source.own_columns else Features.of(args)
+    splits = chosen_splits(source, args.splits, log)
+    # Every row is read, and every row to distill checked, before the (slow) model load.
+    rows = {name: read() for name, read in source.readers.items()}
+    if not any(rows[name] for name in splits):
+        raise DataError(source.label, f"no rows in the splits {', '.join(splits)}")
+    for name in splits:
+        checked = [(where, parse_row(row, where, features)) for where, row in rows[name]]
+        if args.keep_correct:
+            require_answers(checked)
     if args.temperature == 0 and args.num_responses > 1:
         log("Note: --temperature 0 gives the same answer every time")
     log(f"Loading teacher {args.teacher}")
     model, tokenizer = load_model(args.teacher)
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = {}
-    for split in SPLITS:
+    for split in [*splits, *(name for name in rows if name not in splits)]:
         if not rows[split]:
             continue
         if split in splits:
@@ -177,6 +202,7 @@ def distill(args: argparse.Namespace, log=print) -> dict[str, SplitStats]:
                     min_p=args.min_p,
                     max_concurrency=args.max_concurrency,
                     progress=progress.update,
+                    features=features,
                 )
             log(summary_line(split, stats[split]))
         else:
@@ -193,7 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Add teacher-model answers (teacher_responses) to a dataset for GFT.",
     )
     p.add_argument("--teacher", required=True, help="Hub id, mlx-lm folder or .gguf file")
-    p.add_argument("--data", help="folder with train/valid/test.jsonl (default: built-in task)")
+    p.add_argument(
+        "--data",
+        help="folder with train/valid/test.jsonl (and any other <split>.jsonl) or Hub dataset "
+        "(default: built-in task)",
+    )
     p.add_argument("--num-responses", type=int, required=True, help="samples per prompt")
     p.add_argument(
         "--keep-correct", action="store_true", help="keep only answers the math verifier accepts"
@@ -203,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-p", type=float, default=0.0, help="sampling min-p (default: 0.0, off)")
     p.add_argument("--max-tokens", type=int, default=256, help="new tokens per answer")
     p.add_argument("--output", help="new dataset folder (default: <data>-distilled)")
-    p.add_argument("--splits", default="train,valid", help="splits to distill, comma-separated")
+    p.add_argument(
+        "--splits",
+        help="splits to distill, comma-separated, e.g. train,validation,ood; the others are "
+        "copied (default: train,valid, those there are)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="prompts sampled together")
     p.add_argument(
         "--max-concurrency",
@@ -212,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "change (default: all of a batch, batch-size x num-responses)",
     )
     p.add_argument("--seed", type=int, default=0)
+    add_data_options(p)  # --prompt-feature ... as training reads the rows
     return p
 
 
@@ -222,11 +257,19 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
         parser.error("--temperature must be >= 0")
     check_sampling_options(parser, args)
-    unknown = [s for s in args.splits.split(",") if s and s not in SPLITS]
-    if unknown or not args.splits.strip(","):
-        parser.error(f"--splits: use names from {', '.join(SPLITS)}, comma-separated")
+    if args.splits is not None and not args.splits.strip(","):
+        parser.error("--splits: name at least one split, comma-separated (train,valid)")
     if args.output is None:
-        args.output = f"{args.data.rstrip('/')}-distilled" if args.data else "distilled"
+        args.output = default_output(args.data)
+
+
+def default_output(data: str | None) -> str:
+    """data-distilled next to a folder; for a Hub dataset (user/name) name-distilled here."""
+    if data is None:
+        return "distilled"
+    if Path(data).is_dir():
+        return f"{data.rstrip('/')}-distilled"
+    return f"{data.rstrip('/').rsplit('/', 1)[-1]}-distilled"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,9 @@ import numpy as np
 from . import rewards as rewards_lib
 from .answers import extract_answer
 from .checkpoint import write_json
-from .data import DataError, Example, load_splits, read_jsonl, tokenize_rows
+from .config import add_data_options
+from .data import DataError, Example, open_source, read_jsonl, tokenize_rows
+from .formats import Features
 from .groups import Groups, Member, reward_inputs
 from .models import LoadError, load_model
 from .progress import Progress
@@ -214,44 +216,50 @@ def sampling_examples(rows: list[tuple[str, dict]], tokenizer, model) -> list[Ex
     return examples
 
 
-def split_rows(data: str | None, split: str) -> list[tuple[str, dict]]:
-    """Validated rows of one split: a .jsonl file, a folder's <split>.jsonl, a Hub
-    dataset, or the built-in task (data None)."""
+def split_rows(
+    data: str | None,
+    split: str,
+    features: Features | None = None,
+    dataset_config: str | None = None,
+) -> list[tuple[str, dict]]:
+    """Validated rows of one split, read as training reads them: a .jsonl file (whatever
+    the split), a folder's <split>.jsonl (valid and validation stand for each other, any
+    other name is its file: `ood` reads ood.jsonl), a Hub dataset's split (in config
+    `dataset_config`), or the built-in task's (data None). `features` names the columns."""
     path = Path(data) if data is not None else None
     if path is not None and path.suffix == ".jsonl" and not path.exists():
         raise DataError(str(path), "no such file")
     if path is not None and path.is_file():
-        return read_jsonl(path)
-    if path is not None and path.is_dir():
-        file = path / f"{split}.jsonl"
-        if not file.is_file():
-            raise DataError(str(file), "not found")
-        return read_jsonl(file)
-    return load_splits(data)[split]  # the built-in task, a Hub id or a "no such folder" error
+        return read_jsonl(path, features)
+    source = open_source(data, dataset_config)
+    return source.rows(split, features, hint="; choose one with --split")
 
 
 # --------------------------------------------------------------------------------------
 # The command line
 
 
-def _with_answers(rows: list[tuple[str, dict]], where: str, log) -> list[tuple[str, dict]]:
+def _with_answers(
+    rows: list[tuple[str, dict]], where: str, column: str, log
+) -> list[tuple[str, dict]]:
     kept = [(w, r) for w, r in rows if r["answer"] is not None]
     if not kept:
-        raise DataError(where, "no rows with an 'answer' field for the verifier to check")
+        raise DataError(where, f"no rows with an '{column}' field for the verifier to check")
     if len(kept) < len(rows):
         first = next(w for w, r in rows if r["answer"] is None)
-        log(f"Note: skipped {len(rows) - len(kept)} row(s) without an 'answer' (first: {first})")
+        log(f"Note: skipped {len(rows) - len(kept)} row(s) without an '{column}' (first: {first})")
     return kept
 
 
 def evaluate(args: argparse.Namespace, log=print) -> dict:
     """Load, sample and score as the command line asks; returns the results written."""
     source = args.data or "<built-in task>"
-    rows = split_rows(args.data, args.split)
+    features = Features.of(args)
+    rows = split_rows(args.data, args.split, features, args.dataset_config)
     if not rows:
         raise DataError(source, f"the {args.split} split is empty")
     if args.reward in rewards_lib.VERIFIERS:
-        rows = _with_answers(rows, source, log)
+        rows = _with_answers(rows, source, features.answer, log)
     rows = rows[: args.limit] if args.limit else rows
     rewards_lib.load_rewards([args.reward])  # a bad reward fails before the model loads
     model, tokenizer = load_model(args.model, args.adapter_path, args.model_dtype)
@@ -304,6 +312,7 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
         "model": args.model,
         "adapter_path": args.adapter_path,
         "data": args.data,
+        "dataset_config": args.dataset_config,
         "split": args.split,
     }
 
@@ -335,8 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="Hub id, mlx-lm folder or .gguf file (default: embedded)")
     p.add_argument("--model-dtype", help="for .gguf models: float32, bfloat16, float16, ...")
     p.add_argument("--adapter-path", help="folder with adapters.safetensors + adapter_config")
-    p.add_argument("--data", help="folder with <split>.jsonl, a .jsonl file (default: built-in)")
-    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument(
+        "--data", help="folder with <split>.jsonl, a .jsonl file or Hub dataset (default: built-in)"
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        help="which split: train, valid (or validation), test, or any other <split>.jsonl in "
+        "the folder, e.g. ood (default: test)",
+    )
+    add_data_options(p)  # --prompt-feature ... as training reads the rows
     p.add_argument("--limit", type=int, help="only the first N problems")
     p.add_argument("--samples", type=int, default=4, help="k samples per problem (default: 4)")
     p.add_argument("--temperature", type=float, default=1.0, help="for the k samples")

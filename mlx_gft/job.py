@@ -20,6 +20,7 @@ def run(config: TrainConfig, log=print, training_callback=None) -> dict:
     from .evaluate import accuracy
     from .methods import method
     from .models import load_model, setup_trainable
+    from .progress import Progress
     from .rewards import check_rewards, verifier_name
     from .trainer import train_stage
     from .validation import expert_stats
@@ -30,7 +31,9 @@ def run(config: TrainConfig, log=print, training_callback=None) -> dict:
     ranks, log = distributed.init(config, log, training=config.train)
     lead = ranks.rank() == 0  # distributed: rank 0 speaks and evaluates
     # Every row is parsed and checked before the (slow) model load.
-    log(f"Loading data {config.data or '(built-in arithmetic task)'}")
+    log(f"Loading data {_data_name(config)}")
+    if config.hf_dataset and config.data:
+        log(f"Note: hf_dataset is set, so --data {config.data} is not read (as in mlx_lm.lora)")
     splits = data_lib.load_run_splits(config)
     stages = stage_configs(config)
     chosen = [s.reward for s in stages if s.reward] if config.train else []
@@ -56,9 +59,9 @@ def run(config: TrainConfig, log=print, training_callback=None) -> dict:
         for name, rows in splits.items()
     }
     if config.train and not sets["train"]:
-        raise DataError(str(config.data), "the training set (train.jsonl) is missing or empty")
+        raise DataError(_data_name(config), "the training set (train.jsonl) is missing or empty")
     if config.test and not sets["test"]:
-        raise DataError(str(config.data), "the test set (test.jsonl) is missing or empty")
+        raise DataError(_data_name(config), "the test set (test.jsonl) is missing or empty")
 
     results: dict = {}
     test_set = sets["test"]
@@ -69,15 +72,19 @@ def run(config: TrainConfig, log=print, training_callback=None) -> dict:
     def held_out(tag: str) -> None:
         if not (config.test and verifier and lead):
             return
-        acc = accuracy(
-            model,
-            tokenizer,
-            test_set,
-            "math",  # rows with answers: the verifier, whatever the training reward
-            temperature=config.temperature,
-            max_tokens=config.max_completion_length,
-            seed=config.seed,
-        )
+        # Sampling every test problem can take as long as training: show how far it is,
+        # as mlx_gft.evaluate does (a bar on a terminal, a line every ~10% in a log).
+        with Progress(len(test_set), f"Held-out {tag}", log) as progress:
+            acc = accuracy(
+                model,
+                tokenizer,
+                test_set,
+                "math",  # rows with answers: the verifier, whatever the training reward
+                temperature=config.temperature,
+                max_tokens=config.max_completion_length,
+                seed=config.seed,
+                progress=progress.update,
+            )
         results[f"{tag}_accuracy"] = acc["avg_at_k"]
         log(
             f"Held-out accuracy {tag}: {acc['avg_at_k']:.3f} on {acc['n']} problems "
@@ -130,6 +137,14 @@ def run(config: TrainConfig, log=print, training_callback=None) -> dict:
         if len(stages) == 1 or not config.train:
             held_out("after" if config.train else "test")
     return results
+
+
+def _data_name(config: TrainConfig) -> str:
+    if config.hf_dataset:
+        entries = config.hf_dataset if isinstance(config.hf_dataset, list) else [config.hf_dataset]
+        return "hf_dataset " + ", ".join(str(e.get("path")) for e in entries)
+    name = config.data or "(built-in arithmetic task)"
+    return f"{name} (config {config.dataset_config})" if config.dataset_config else name
 
 
 def train(config: TrainConfig | None = None, log=print, training_callback=None, **options) -> dict:

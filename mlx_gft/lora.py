@@ -29,7 +29,7 @@ from .job import run
 from .rewards import RewardError
 from .trainer import TrainingInterrupted, TrainingStopped
 
-YAML_ONLY = ("optimizer_config", "lora_parameters", "lr_schedule")
+YAML_ONLY = ("optimizer_config", "lora_parameters", "lr_schedule", "hf_dataset")
 # mlx_lm.lora's defaults that are not ours, and why (tests/test_mlx_lm_parity.py checks
 # that there are no others).
 DEFAULTS_DIFFER = {

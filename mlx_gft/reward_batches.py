@@ -4,16 +4,36 @@ argument a list with one entry per sample (GRPOTrainer's reward-function API).""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 # Sample keys that a batch reward gets in TRL's form instead (prompts, completions).
 _BATCH_OWN = ("prompt", "completion", "completion_ids", "prompt_messages")
 
 
+@dataclass(frozen=True)
+class TrainerState:
+    """The attributes of transformers' `TrainerState` that TRL reward functions read, to
+    schedule a reward over training (a length penalty that grows, a format bonus that
+    fades). Counted per stage, as each TRL trainer counts its own run.
+
+    global_step: optimizer updates done before this call (skipped and idle ones count,
+    as the learning-rate schedule counts them); max_steps: the stage's total updates
+    (iterations x updates_per_batch: the iterations, by default), so
+    global_step / max_steps is the share of training done; epoch: passes over the
+    training set so far, fractional as in transformers (1.5: half-way through the
+    second pass)."""
+
+    global_step: int
+    max_steps: int
+    epoch: float
+
+
 def batch_arguments(
-    samples: Sequence[Mapping[str, object]], trainer_state: object = None
+    samples: Sequence[Mapping[str, object]], trainer_state: TrainerState | None = None
 ) -> dict[str, object]:
     """TRL's keyword arguments for a batch reward: ``prompts``, ``completions``,
-    ``completion_ids``, ``trainer_state``, and every other key of the samples as a list
+    ``completion_ids``, ``trainer_state`` (where training stands; None outside
+    training), and every other key of the samples as a list
     with one entry per sample (None where a sample lacks the key).
 
     Prompts and completions are strings, as in TRL's standard format. When every sample

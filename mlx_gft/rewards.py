@@ -9,7 +9,10 @@ A reward is called one of two ways, read from its signature when it is loaded:
 - per batch, as TRL's GRPOTrainer calls it, ``f(prompts, completions, **kwargs) ->
   list[float | None]`` (a function with a ``prompts`` or ``completions`` parameter): one
   call for all the members of an iteration, every other argument a list with one entry per
-  member, plus ``completion_ids`` and ``trainer_state`` (None). A None entry means "no
+  member, plus ``completion_ids`` and ``trainer_state``: during training a
+  `reward_batches.TrainerState` with transformers' attribute names (``global_step``,
+  the optimizer updates done so far; ``max_steps``, the stage's total; ``epoch``, passes
+  over the training set so far), None elsewhere (evaluation). A None entry means "no
   reward for this sample", as in TRL. docs/verifiers.md has the details.
 
 GFT scores every member of a group (expert, teachers and samples) with the same reward,
@@ -49,13 +52,14 @@ from .builtin_rewards import (
     math_verify_reward,
 )
 from .data import has_answers
-from .reward_batches import batch_arguments
+from .reward_batches import TrainerState, batch_arguments
 
 __all__ = [
     "BUILTIN_REWARDS",
     "VERIFIERS",
     "Reward",
     "RewardError",
+    "TrainerState",
     "answers_match",
     "check_rewards",
     "exact_match_reward",
@@ -383,7 +387,7 @@ def score(
     rewards: Sequence[Reward],
     samples: Sequence[Mapping[str, object]],
     timeout: float | None = None,
-    trainer_state: object = None,
+    trainer_state: TrainerState | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Score every sample with every reward.
 
@@ -427,7 +431,7 @@ def _score_batch(
     reward: Reward,
     samples: Sequence[Mapping[str, object]],
     timeout: float | None,
-    trainer_state: object,
+    trainer_state: TrainerState | None,
 ) -> np.ndarray:
     n = len(samples)
     if n == 0:

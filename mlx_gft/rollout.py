@@ -17,6 +17,7 @@ from .groups import KINDS, Groups, build_groups, pad_batch, response_start, rewa
 from .logprobs import token_logprobs
 from .methods import method
 from .models import adapters_disabled, eval_mode
+from .reward_batches import TrainerState
 from .sampling import sample_groups
 
 
@@ -44,10 +45,17 @@ class TrainBatch:
 
 
 def rollout(
-    model, tokenizer, examples: list[Example], config: TrainConfig, reward_fns, seed: int
+    model,
+    tokenizer,
+    examples: list[Example],
+    config: TrainConfig,
+    reward_fns,
+    seed: int,
+    trainer_state: TrainerState | None = None,
 ) -> TrainBatch:
-    """Sample, score and z-score one iteration's prompts; return the batch to train on."""
-    batch = score_groups(model, tokenizer, examples, config, reward_fns, seed)
+    """Sample, score and z-score one iteration's prompts; return the batch to train on.
+    `trainer_state` reaches batch (TRL) rewards as their ``trainer_state`` argument."""
+    batch = score_groups(model, tokenizer, examples, config, reward_fns, seed, trainer_state)
     if not batch.empty:
         batch.start, arrays = training_arrays(
             model, tokenizer, batch.groups, batch.advantages, config
@@ -57,7 +65,13 @@ def rollout(
 
 
 def score_groups(
-    model, tokenizer, examples: list[Example], config: TrainConfig, reward_fns, seed: int
+    model,
+    tokenizer,
+    examples: list[Example],
+    config: TrainConfig,
+    reward_fns,
+    seed: int,
+    trainer_state: TrainerState | None = None,
 ) -> TrainBatch:
     """The groups and their advantages (no arrays yet), with the rollout's metrics."""
     m = method(config)
@@ -83,7 +97,9 @@ def score_groups(
     groups = build_groups(
         examples, samples, config.group_size, config.teacher_count, m.expert_in_group
     )
-    total, columns = rewards_lib.score(reward_fns, reward_inputs(groups), config.reward_timeout)
+    total, columns = rewards_lib.score(
+        reward_fns, reward_inputs(groups), config.reward_timeout, trainer_state
+    )
     # A sample no reward scored (NaN, TRL's None) is left out of its group's statistics.
     adv, row["zero_var_frac"] = scored_advantages(total, groups.sizes, config.adv_scale)
     kinds = np.array([member.kind for member in groups.members])
@@ -105,11 +121,14 @@ def score_groups(
 
 
 def verified_examples(
-    examples: list[Example], reward_fns, timeout: float
+    examples: list[Example],
+    reward_fns,
+    timeout: float,
+    trainer_state: TrainerState | None = None,
 ) -> tuple[list[Example], int]:
     """(the examples whose expert answer the rewards score above 0, how many there were)."""
     groups = build_groups(examples, [], 0, teacher_count=1, keep_truncated_expert=True)
-    total, _ = rewards_lib.score(reward_fns, reward_inputs(groups), timeout)
+    total, _ = rewards_lib.score(reward_fns, reward_inputs(groups), timeout, trainer_state)
     accepted = {id(m.example) for m, r in zip(groups.members, total, strict=True) if r > 0}
     return [e for e in examples if id(e) in accepted], len(examples)
 

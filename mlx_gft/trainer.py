@@ -22,6 +22,7 @@ from .data import Example, has_answers
 from .methods import method
 from .metrics import RULES, Reporter, summarise
 from .progress import Progress
+from .reward_batches import TrainerState
 from .rollout import rollout, verified_examples
 from .step import Stepper, TrainingStopped, make_optimizer, run_updates
 from .validation import make_probe, probe_kl, validate
@@ -75,7 +76,11 @@ def train_stage(
         reward_fns = rewards_lib.load_rewards(specs, config.reward_weights)
         log(f"Reward: {', '.join(specs)}{rewards_lib.reward_origin(config.reward, specs)}")
     if m.verified_experts:
-        train_set, rows = verified_examples(train_set, reward_fns, config.reward_timeout)
+        # Step 0 on a resumed run too: a reward that reads the step must not change which
+        # rows a resumed run trains on. (With --epochs, max_steps counts every row here.)
+        every_row = train_batches(config, train_set)
+        state = trainer_state(config, 0, num_iterations(config, len(every_row)), len(every_row))
+        train_set, rows = verified_examples(train_set, reward_fns, config.reward_timeout, state)
         log(
             f"Training on the {len(train_set)} of {rows} rows whose expert answer the "
             "reward accepts"
@@ -127,7 +132,13 @@ def train_stage(
                 picked = distributed.shard(batch_indices(batches, step, config.seed), ranks)
                 try:
                     batch = rollout(
-                        model, tokenizer, [train_set[i] for i in picked], config, reward_fns, seed
+                        model,
+                        tokenizer,
+                        [train_set[i] for i in picked],
+                        config,
+                        reward_fns,
+                        seed,
+                        trainer_state(config, it, total_iters, len(batches)),
                     )
                 except rewards_lib.RewardError as e:
                     # Nothing of this iteration is applied yet: keep the work done so far.
@@ -194,6 +205,19 @@ def train_stage(
             progress.close()
         report.close()
     return reports
+
+
+def trainer_state(
+    config: TrainConfig, iteration: int, total_iters: int, batches_per_epoch: int
+) -> TrainerState:
+    """Where this stage stands before its 0-based `iteration`, for TRL rewards. Counted
+    from the iteration, not the optimizer, so a resumed run passes the same values."""
+    updates = config.updates_per_batch  # every iteration makes this many, applied or not
+    return TrainerState(
+        global_step=iteration * updates,
+        max_steps=total_iters * updates,
+        epoch=iteration / batches_per_epoch,
+    )
 
 
 @contextlib.contextmanager

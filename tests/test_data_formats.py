@@ -182,7 +182,7 @@ def hub(monkeypatch):
     calls = []
 
     def serve(splits):
-        def fake(data_id):
+        def fake(data_id, options):
             calls.append(data_id)
             return splits
 

@@ -1,12 +1,13 @@
 """Teacher distillation: the output dataset's schema, row order and the keep-correct filter."""
 
 import json
+import re
 
 import pytest
 
 from mlx_gft import evaluate
-from mlx_gft.data import load_splits, read_jsonl
-from mlx_gft.distill import main, original_rows
+from mlx_gft.data import load_splits, open_source, read_jsonl
+from mlx_gft.distill import main
 from mlx_gft.models import load_model
 from mlx_gft.sampling import Sample, sample_groups
 from mlx_gft.tasks import arithmetic
@@ -160,6 +161,107 @@ def test_keep_correct_needs_every_answer(tmp_path):
 
 
 def test_built_in_rows_are_the_task_rows():
-    rows = original_rows(None, "valid")
+    rows = open_source(None).raw("valid")
     assert [row for _, row in rows] == arithmetic.make_dataset()["valid"]
     assert rows[0][0] == "<built-in task>[valid]:1"
+
+
+# --------------------------------------------------------------------------------------
+# Splits and columns, read as training reads them
+
+
+def _write(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _own_columns(n: int, start: int = 0) -> list[dict]:
+    return [
+        {"question": f"Ann has {i} cards and gets 1 more. How many?", "solution": f"{i + 1}",
+         "final": i + 1}
+        for i in range(start, start + n)
+    ]  # fmt: skip
+
+
+COLUMN_FLAGS = "--prompt-feature question --completion-feature solution --answer-feature final"
+
+
+@pytest.fixture
+def layout(tmp_path):
+    """A folder as the Hub exports them: validation.jsonl, an extra ood.jsonl split, and
+    columns of its own."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in {"train": 3, "validation": 2, "ood": 2, "test": 1}.items():
+        _write(data / f"{split}.jsonl", _own_columns(n, start=10 * len(split)))
+    return data
+
+
+def _echo_sampler(model, tokenizer, prompts, k, **options):
+    # Each sample names the row it answers: a response on the wrong row would show.
+    cards = [re.search(r"Ann has (\d+) cards", tokenizer.decode(p))[1] for p in prompts]
+    return [Sample(i, [5], f"Ann has {n} cards", [], [], "stop") for i, n in enumerate(cards)
+            for _ in range(k)]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_validation_jsonl_and_other_splits_with_their_own_columns(
+    tiny_model, layout, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(evaluate, "sample_groups", _echo_sampler)
+    out = tmp_path / "out"
+    main(f"--teacher {tiny_model} --data {layout} --num-responses 2 --output {out} "
+         f"{COLUMN_FLAGS}".split())  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "train: 3 rows, 6 responses written" in printed
+    assert "validation: 2 rows, 4 responses written" in printed  # not skipped: it is valid
+    assert "ood: 2 rows copied unchanged" in printed and "test: 1 rows copied" in printed
+    names = ["ood.jsonl", "test.jsonl", "train.jsonl", "validation.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == names  # each split under its own name
+    for name in ("train", "validation"):
+        for row, old in zip(
+            _rows(out / f"{name}.jsonl"), _rows(layout / f"{name}.jsonl"), strict=True
+        ):
+            responses = row.pop("teacher_responses")
+            assert row == old and len(responses) == 2
+            assert all(old["question"].startswith(r) for r in responses)
+    for name in ("ood", "test"):
+        assert (out / f"{name}.jsonl").read_text() == (layout / f"{name}.jsonl").read_text()
+
+    # --splits names any split there is: here the extra one alone.
+    main(f"--teacher {tiny_model} --data {layout} --num-responses 1 --splits ood "
+         f"--output {tmp_path / 'ood'} {COLUMN_FLAGS}".split())  # fmt: skip
+    assert [len(r["teacher_responses"]) for r in _rows(tmp_path / "ood" / "ood.jsonl")] == [1, 1]
+    assert "teacher_responses" not in _rows(tmp_path / "ood" / "train.jsonl")[0]
+
+
+def test_missing_splits_and_columns_are_named_before_the_teacher_loads(layout, tmp_path):
+    argv = f"--teacher {tmp_path / 'm'} --data {layout} --num-responses 1 {COLUMN_FLAGS}"
+    with pytest.raises(SystemExit) as info:
+        main(f"{argv} --splits valid,hard".split())
+    assert str(info.value.code) == (
+        f"error: {layout / 'hard.jsonl'}: not found: it is missing (found: ood.jsonl, "
+        "test.jsonl, train.jsonl, validation.jsonl); name splits that exist with --splits"
+    )
+    # Checked against the column --answer-feature names, not `answer`.
+    _write(
+        layout / "train.jsonl",
+        [*_own_columns(1), {"question": "q?", "solution": "s", "final": None}],
+    )
+    with pytest.raises(SystemExit, match=r"train\.jsonl:2: field 'final': missing; --keep-c"):
+        main(f"{argv} --keep-correct".split())
+    # The rows are training's: without the column options they are not understood.
+    with pytest.raises(SystemExit, match=r"train\.jsonl:1: has columns question, solution"):
+        main(f"--teacher {tmp_path / 'm'} --data {layout} --num-responses 1".split())
+
+
+def test_by_default_the_splits_there_are_and_a_note_for_the_others(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    _write(data / "ood.jsonl", _own_columns(1))
+    argv = f"--teacher {tmp_path / 'm'} --data {data} --num-responses 1 {COLUMN_FLAGS}"
+    with pytest.raises(SystemExit, match=r"no train or valid split to distill \(found: ood\.j"):
+        main(argv.split())
+    _write(data / "train.jsonl", _own_columns(1))
+    with pytest.raises(SystemExit, match="m"):  # the teacher: only a missing model stops it
+        main(argv.split())
+    assert "Note: no valid split to distill" in capsys.readouterr().out

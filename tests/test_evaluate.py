@@ -26,7 +26,7 @@ RESULT_KEYS = {
     "n", "samples", "temperature", "top_k", "min_p", "max_concurrency", "max_tokens", "seed",
     "avg_at_k", "pass_at_k", "pass_at", "distinct_answers", "greedy", "correct",
     "greedy_correct", "reward", "model",
-    "adapter_path", "data", "split",
+    "adapter_path", "data", "dataset_config", "split",
 }  # fmt: skip
 
 
@@ -277,3 +277,52 @@ def test_adapters_that_do_not_fit_are_an_error(tiny_model, arithmetic_data, tmp_
         main(f"--model {tiny_model} --data {arithmetic_data} --adapter-path {adapters}".split())
     with pytest.raises(SystemExit, match=r"error: .*nowhere/adapter_config\.json: not found"):
         main(f"--model {tiny_model} --adapter-path {tmp_path / 'nowhere'}".split())
+
+
+# --------------------------------------------------------------------------------------
+# Splits and columns, read as training reads them
+
+
+def _own_columns_folder(folder, splits: dict[str, int]):
+    """A folder of <split>.jsonl files with n rows each, in columns of its own: the
+    question in `question`, the worked answer in `solution`, the number in `final`."""
+    folder.mkdir()
+    for split, n in splits.items():
+        rows = [
+            {"question": f"Tom has {i} pens and buys 1 more. How many?", "solution": f"{i + 1}",
+             "final": i + 1}
+            for i in range(n)
+        ]  # fmt: skip
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+COLUMN_FLAGS = "--prompt-feature question --completion-feature solution --answer-feature final"
+
+
+def test_cli_a_missing_split_lists_the_splits_found(tmp_path):
+    data = _own_columns_folder(tmp_path / "data", {"train": 1, "valid": 1, "ood": 1})
+    with pytest.raises(SystemExit) as info:
+        main(f"--model {tmp_path / 'm'} --data {data} --split hard {COLUMN_FLAGS}".split())
+    assert str(info.value.code) == (
+        f"error: {data / 'hard.jsonl'}: not found: it is missing (found: ood.jsonl, "
+        "train.jsonl, valid.jsonl); choose one with --split"
+    )
+    # Without the column options the rows are not understood: they are training's rows.
+    with pytest.raises(SystemExit, match=r"ood\.jsonl:1: has columns question, solution, final"):
+        main(f"--model {tmp_path / 'm'} --data {data} --split ood".split())
+
+
+@pytest.mark.slow
+def test_cli_reads_any_split_file_and_validation_with_trainings_columns(
+    tiny_model, tmp_path, capsys
+):
+    data = _own_columns_folder(tmp_path / "data", {"train": 1, "valid": 2, "ood": 3})
+    argv = f"--model {tiny_model} --data {data} --samples 1 --max-tokens 2 {COLUMN_FLAGS}"
+    for split, n in (("ood", 3), ("validation", 2)):  # validation reads valid.jsonl
+        out = tmp_path / f"{split}.json"
+        main(f"{argv} --split {split} --output {out}".split())
+        result = json.loads(out.read_text())
+        # Every row counted: each one's `final` column was read as its answer.
+        assert (result["n"], result["split"]) == (n, split)
+        assert len(result["correct"]) == n

@@ -90,3 +90,33 @@ def test_distill_prints_progress_lines_when_not_on_a_terminal(
         "Distilling valid: 4/8 rows (50%)",
         "Distilling valid: 8/8 rows (100%)",
     ]
+
+
+@pytest.mark.slow
+def test_training_shows_held_out_progress_when_not_on_a_terminal(tiny_model, tmp_path, capsys):
+    from mlx_gft.lora import main as lora_main
+    from mlx_gft.tasks.arithmetic import write_dataset
+
+    # 20 test problems, sampled 16 at a time: a line after each batch, before and after.
+    data = write_dataset(tmp_path / "data", n_train=4, n_valid=2, n_test=20)
+    lora_main(
+        f"--model {tiny_model} --data {data} --train --test --iters 1 --batch-size 2 "
+        "--group-size 2 --max-completion-length 4 --num-layers -1 --probe-size 2 "
+        f"--val-batches 1 --adapter-path {tmp_path / 'ad'}".split()
+    )
+    printed = capsys.readouterr().out.splitlines()
+    lines = [line for line in printed if line.startswith("Held-out ")]
+    # Each measurement's progress (up to its count), then its result (up to the number).
+    shapes = [
+        line.split(",")[0] if "/20 problems" in line else line.split(":")[0] for line in lines
+    ]
+    assert shapes == [
+        "Held-out before: 16/20 problems (80%)",
+        "Held-out before: 20/20 problems (100%)",
+        "Held-out accuracy before",
+        "Held-out after: 16/20 problems (80%)",
+        "Held-out after: 20/20 problems (100%)",
+        "Held-out accuracy after",
+    ]
+    assert all("elapsed, about" in line and line.endswith(" left") for line in lines[:2])
+    assert "on 20 problems" in lines[2]

@@ -14,6 +14,7 @@ from mlx_gft.advantages import group_advantages, scored_advantages, zero_varianc
 from mlx_gft.rewards import (
     Reward,
     RewardError,
+    TrainerState,
     batch_arguments,
     check_rewards,
     load_reward,
@@ -117,6 +118,17 @@ def test_one_call_per_batch_with_trls_keyword_lists():
     assert call["trainer_state"] == "state"
     assert call["reference"] == [None] * 3  # absent from the samples: None, as per sample
     assert "prompt" not in call and "completion" not in call
+
+
+def test_trainer_state_counts_optimizer_steps_of_the_stage_and_epochs():
+    from mlx_gft.config import build_config
+    from mlx_gft.trainer import trainer_state
+
+    # Two updates per sampled batch: TRL's global_step and max_steps count updates.
+    config = build_config(updates_per_batch=2)
+    state = trainer_state(config, iteration=5, total_iters=10, batches_per_epoch=4)
+    assert state == TrainerState(global_step=10, max_steps=20, epoch=1.25)
+    assert trainer_state(build_config(), 0, 7, 3) == TrainerState(0, 7, 0.0)
 
 
 def test_columns_some_samples_lack_are_none_there():
@@ -301,7 +313,10 @@ def length_or_none(prompts, completions, completion_ids, kind, trainer_state, **
             "ids_are_ints": all(isinstance(t, int) for ids in completion_ids for t in ids),
             "answers": len(kwargs["answer"]),
             "kinds": sorted(set(kind)),
-            "trainer_state": trainer_state,
+            # As TRL rewards read transformers' TrainerState: attributes, not keys.
+            "global_step": trainer_state.global_step,
+            "max_steps": trainer_state.max_steps,
+            "epoch": trainer_state.epoch,
         }}) + "\\n")
     # No reward for the expert's answer: the samples' lengths alone make the groups.
     return [None if k == "expert" else len(c) / 10 for c, k in zip(completions, kind)]
@@ -341,21 +356,48 @@ def test_training_with_a_trl_reward_from_the_command_line(tmp_path, tiny_model, 
     adapters = tmp_path / "ad"
     main(
         f"--model {tiny_model} --data {arithmetic_data} --train --adapter-path {adapters} "
-        "--iters 2 --batch-size 2 --group-size 3 --max-completion-length 16 --num-layers -1 "
+        "--iters 3 --batch-size 2 --group-size 3 --max-completion-length 16 --num-layers -1 "
         "--steps-per-report 1 --probe-size 2 --val-batches 1 --no-mask-truncated "
         f"--reward math {reward}:length_or_none --reward-weights 0 1".split()
     )
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(calls) == 2  # one call per iteration, for all its groups' members
+    assert len(calls) == 3  # one call per iteration, for all its groups' members
     for call in calls:
         assert call["n"] == 2 * (1 + 3) == call["answers"]  # 2 prompts x (expert + 3 samples)
         assert call["prompts_are_str"] and call["ids_are_ints"]
-        assert call["kinds"] == ["expert", "sampled"] and call["trainer_state"] is None
+        assert call["kinds"] == ["expert", "sampled"]
+    # The optimizer steps done before each call, of 3; 32 rows in batches of 2 are 16 per epoch.
+    assert [c["global_step"] for c in calls] == [0, 1, 2]
+    assert [c["max_steps"] for c in calls] == [3, 3, 3]
+    assert [c["epoch"] for c in calls] == [0.0, 1 / 16, 2 / 16]
     metrics = [json.loads(s) for s in (adapters / "metrics.jsonl").read_text().splitlines()]
     trained = [m for m in metrics if "loss" in m]
-    assert [m["iteration"] for m in trained] == [1, 2]
+    assert [m["iteration"] for m in trained] == [1, 2, 3]
     # The unscored experts were left out of their groups (A = 0): NaN rewards would have
     # made every advantage NaN and every update a skipped one.
     assert all(np.isfinite(m["loss"]) and m["skipped"] == 0 for m in trained)
     assert all(np.isfinite(m["reward_sampled"]) and "reward_expert" not in m for m in trained)
     assert (adapters / "adapters.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_sft_verified_checks_the_experts_once_at_step_0(tmp_path, tiny_model, arithmetic_data):
+    from mlx_gft.lora import main
+
+    log = tmp_path / "states.jsonl"
+    reward = tmp_path / "accept.py"
+    reward.write_text(
+        "import json\n"
+        "def accept(completions, trainer_state, **kwargs):\n"
+        "    s = trainer_state\n"
+        f"    with open({str(log)!r}, 'a') as f:\n"
+        "        f.write(json.dumps([s.global_step, s.max_steps, s.epoch]) + '\\n')\n"
+        "    return [1.0] * len(completions)\n"
+    )
+    main(
+        f"--model {tiny_model} --data {arithmetic_data} --train --adapter-path {tmp_path / 'ad'} "
+        "--iters 2 --batch-size 2 --loss sft-verified --num-layers -1 --val-batches 1 "
+        f"--probe-size 2 --reward {reward}:accept".split()
+    )
+    # SFT samples nothing: the reward runs once, on the expert answers, before training.
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [[0, 2, 0.0]]
