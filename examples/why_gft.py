@@ -1,6 +1,7 @@
 """Why GFT: train SFT and GFT (or DFT, GRPO, stages) from the same start on the same
 data, then plot what the paper says separates them (token entropy, gradient norm, drift
-from the base model, reward, held-out accuracy) and print a table of the final numbers.
+from the base model, reward, held-out accuracy, pass@k) and print a table of the final
+numbers, per seed and as mean and spread over seeds.
 
 The default is the built-in task with 30% of the training answers wrong (an arithmetic
 slip SFT imitates and GFT's verifier scores 0), K = 8 samples per prompt. Every method
@@ -8,19 +9,29 @@ trains on the answer tokens only (`mask_prompt`, as GFT does), and with wrong an
 the baselines include `sft-verified`: SFT on the rows whose expert answer the same
 verifier accepts, what a user who has GFT's verifier would run instead of GFT.
 
+Every run is scored after training on the same held-out problems: avg@k and the pass@k
+curve at T = 1, greedy accuracy, distinct final answers per problem; on harder problems
+than it trained on (`--ood-level`, built-in task); and on a task nobody trains on
+(capitals, examples/data/capitals: what the base model knew and must not lose).
+
     python examples/why_gft.py --quick                 # embedded model and task, < 30 min
     python examples/why_gft.py --wrong-experts 0       # clean expert answers
     python examples/why_gft.py --methods sft,dft,gft   # and DFT
     python examples/why_gft.py --then-grpo 10          # and GRPO after SFT vs after GFT
     python examples/why_gft.py --methods sft,sft+gft   # SFT vs SFT -> GFT, same steps
+    python examples/why_gft.py --methods sft@60,gft    # SFT with 60 iterations (equal time)
+    python examples/why_gft.py --warm-start 10 --train-size 32 --iters 40 --seeds 0,1,2
+                    # the paper's regime in miniature: an SFT-warmed start that already
+                    # solves a fair share, many epochs over a small set, three seeds
     python examples/why_gft.py --model M --data D --iters 200
 
-Writes <out>/<method>/ (adapters, metrics.jsonl), <out>/plots/*.png and <out>/summary.md.
-Plots need matplotlib (pip install "mlx-gft[plot]").
+Writes <out>/[seed<s>/]<method>/ (adapters, metrics.jsonl), <out>/plots/*.png and
+<out>/summary.md. Plots need matplotlib (pip install "mlx-gft[plot]").
 """
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -29,80 +40,145 @@ from mlx_gft.evaluate import build_parser as evaluate_parser
 from mlx_gft.evaluate import evaluate
 from mlx_gft.job import run
 from mlx_gft.plots import chain_stages, plot_runs, read_metrics
-from mlx_gft.tasks import write_dataset
+from mlx_gft.tasks import DEFAULT_LEVEL, make_dataset
 
 MAX_TOKENS = 64  # per answer, in training samples and held-out evaluation alike
 # Wrong expert answers: SFT imitates them, GFT's verifier scores them 0 (README, Why GFT).
 DEMO_WRONG_EXPERTS = 0.3
 PLOTTED = ("val_entropy", "grad_norm", "kl_to_base", "reward_sampled", "val_acc", "val_loss")
+EXAMPLES = Path(__file__).parent
+CAPITALS = EXAMPLES / "data" / "capitals"
+CONTAINS = f"{EXAMPLES / 'rewards' / 'contains_answer.py'}:contains_answer"
 
 
-def options(args: argparse.Namespace) -> dict:
+def options(args: argparse.Namespace, seed: int) -> dict:
     """The settings every method shares: same model, data, adapters, steps and seed."""
     return dict(
         model=args.model,
         data=args.data,
         train=True,
-        test=True,
         iters=args.iters,
         batch_size=4,
         learning_rate=args.learning_rate,
         num_layers=args.num_layers,
         group_size=args.group_size,
-        tau=0.5,
+        tau=args.tau,
         temperature=1.0,
         max_completion_length=MAX_TOKENS,
         mask_truncated=True,
         steps_per_report=1,
         steps_per_eval=args.eval_every,
         val_batches=2,
-        test_batches=args.test_problems // 4,
         save_every=10_000,
         probe_size=8,
-        seed=args.seed,
+        seed=seed,
         mask_prompt=True,  # SFT/DFT baselines: loss on the answer only, as GFT
     )
 
 
-def train_method(name: str, args: argparse.Namespace, then_grpo: int) -> dict:
+def parse_method(name: str, iters: int) -> tuple[list[str], int]:
+    """'sft' -> (['sft'], iters); 'sft@60' -> (['sft'], 60); 'sft+gft' -> both stages."""
+    losses, _, n = name.partition("@")
+    return losses.split("+"), int(n) if n else iters
+
+
+def train_method(name: str, args: argparse.Namespace, seed: int, out: Path) -> dict:
     """`name` is a loss, or losses joined by '+' that share the iterations in turn
-    (sft+gft: the paper's pipeline, at the same number of examples seen as sft)."""
-    folder = Path(args.out) / name
-    losses = name.split("+")
-    config = dict(options(args), loss=losses[0], adapter_path=str(folder))
-    stages = [{"loss": loss, "iters": args.iters // len(losses)} for loss in losses]
-    if then_grpo:
-        stages.append({"loss": "grpo", "iters": then_grpo})
+    (sft+gft: the paper's pipeline, at the same number of examples seen as sft), with an
+    optional '@N' for N iterations instead of --iters."""
+    folder = out / name
+    losses, iters = parse_method(name, args.iters)
+    config = dict(options(args, seed), loss=losses[0], adapter_path=str(folder), iters=iters)
+    if args.warm_start:
+        config["resume_adapter_file"] = str(out / "warm-start" / "adapters.safetensors")
+    stages = [{"loss": loss, "iters": iters // len(losses)} for loss in losses]
+    if args.then_grpo and losses[-1] in ("sft", "sft-verified", "gft"):
+        stages.append({"loss": "grpo", "iters": args.then_grpo})
     if len(stages) > 1:
         config["stages"] = stages
-    print(f"\n=== {name} ===", flush=True)
+    print(f"\n=== {name} (seed {seed}) ===", flush=True)
     tic = time.perf_counter()
-    results = run(build_config(**config))
+    run(build_config(**config))
     minutes = (time.perf_counter() - tic) / 60
-    after = [k for k in results if k.endswith("_accuracy") and k != "before_accuracy"]
     runs = (
         {f"{name}: {p.name}": p for p in sorted(folder.glob("[0-9]-*"))}
         if len(stages) > 1
         else {name: folder}
     )
-    return {
-        "runs": runs,
-        "before": results.get("before_accuracy"),
-        "after": {k.removesuffix("_accuracy"): results[k] for k in after},
-        "minutes": minutes,
-    }
+    return {"runs": runs, "minutes": minutes}
 
 
-def held_out(args: argparse.Namespace, adapters: Path | None) -> dict:
-    """avg@k at T=1 and greedy accuracy on the same test problems the runs report."""
-    argv = ["--split", "test", "--limit", str(args.test_problems), "--max-tokens", str(MAX_TOKENS)]
-    argv += ["--samples", str(args.eval_samples), "--seed", str(args.seed)]
-    options = {"--model": args.model, "--data": args.data, "--adapter-path": adapters}
-    for flag, value in options.items():
+def warm_start(args: argparse.Namespace, seed: int, out: Path) -> None:
+    """SFT on the warm-up rows (disjoint from the training set): every method starts from
+    these adapters, as the paper's methods start from an instruct model that already
+    solves a fair share of the problems."""
+    config = dict(
+        options(args, seed),
+        data=str(out / "data_warm"),
+        loss="sft",
+        iters=args.warm_start,
+        adapter_path=str(out / "warm-start"),
+    )
+    print(f"\n=== warm start: sft, {args.warm_start} iterations (seed {seed}) ===", flush=True)
+    run(build_config(**config))
+
+
+def evaluate_on(args: argparse.Namespace, data: Path | None, adapters: Path | None, **kw) -> dict:
+    """mlx_gft.evaluate's numbers for one model on one data folder's test split."""
+    argv = ["--split", "test", "--max-tokens", str(MAX_TOKENS), "--seed", str(kw["seed"])]
+    argv += ["--samples", str(kw.get("samples", 1)), "--limit", str(kw["limit"])]
+    argv += ["--temperature", str(kw.get("temperature", 1.0)), "--reward", kw.get("reward", "math")]
+    for flag, value in {"--model": args.model, "--data": data, "--adapter-path": adapters}.items():
         if value:
             argv += [flag, str(value)]
-    result = evaluate(evaluate_parser().parse_args(argv), log=lambda _: None)
-    return {"avg_at_k": result["avg_at_k"], "greedy": result["greedy"]}
+    return evaluate(evaluate_parser().parse_args(argv), log=lambda _: None)
+
+
+def held_out(args: argparse.Namespace, adapters: Path | None, seed: int, out: Path) -> dict:
+    """Held-out numbers for one model: avg@k, pass@1..k and distinct answers at T = 1 and
+    greedy accuracy on the test problems; avg@k on harder ones; capitals, greedy."""
+    k, n = args.eval_samples, args.test_problems
+    main = evaluate_on(args, args.data, adapters, seed=seed, samples=k, limit=n)
+    found = {
+        "avg_at_k": main["avg_at_k"],
+        "greedy": main["greedy"],
+        "pass_at": main["pass_at"],
+        "distinct": main["distinct_answers"],
+    }
+    if (out / "data_ood").exists():
+        limit = args.ood_problems
+        ood = evaluate_on(args, out / "data_ood", adapters, seed=seed, samples=k, limit=limit)
+        found.update(ood_avg=ood["avg_at_k"], ood_greedy=ood["greedy"])
+    if args.forgetting:
+        capitals = evaluate_on(
+            args, CAPITALS, adapters, seed=seed, limit=1000, temperature=0.0, reward=CONTAINS
+        )
+        found["capitals"] = capitals["greedy"]
+    return found
+
+
+def write_task(args: argparse.Namespace, seed: int, out: Path) -> None:
+    """The built-in task's data for one seed: the training set (with --wrong-experts of it
+    slipped), clean warm-up rows disjoint from it, valid and test, and a harder test set."""
+    n_warm = args.warm_start * 4
+    n_train, n_test = args.train_size, max(200, args.test_problems)
+    splits = make_dataset(n_train, 100, n_test, seed, args.difficulty, args.wrong_experts)
+    # The training draw is one stream without repeats, so a longer draw starts with the
+    # same rows: its tail is clean warm-up rows that are not in the training set.
+    longer = make_dataset(n_train + n_warm, 100, n_test, seed, args.difficulty)
+    folders = {"data": splits, "data_warm": {"train": longer["train"][n_train:]}}
+    folders["data_warm"]["valid"] = splits["valid"]
+    if args.ood_level:
+        # Its own draw of problems: overlap with the training set is possible only where
+        # the two levels' problem spaces overlap (they differ in steps or ranges).
+        folders["data_ood"] = {"test": make_dataset(0, 0, n_test, seed, args.ood_level)["test"]}
+    for name, splits_ in folders.items():
+        if name == "data_warm" and not n_warm:
+            continue
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for split, rows in splits_.items():
+            with open(out / name / f"{split}.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 def _series_stats(folder: Path) -> dict:
@@ -119,35 +195,112 @@ def _series_stats(folder: Path) -> dict:
         "val_entropy": last("val_entropy"),
         "max_grad_norm": peak("grad_norm"),
         "kl_to_base": last("kl_to_base"),
-        "reward_sampled": last("reward_sampled"),
-        "val_acc": last("val_acc"),
+        "zero_var_mean": _mean([v for _, v in s.get("zero_var_frac", [])]),
+        "reward_sampled_last": last("reward_sampled"),
     }
 
 
-def table(outcomes: dict[str, dict], base: dict | None = None, k: int = 4) -> str:
-    """One row per run (per stage of a staged method). `held out` is one sample per
-    problem at T=1 as the run measured it; avg@k and greedy come from `held_out`."""
-    head = (
-        f"| run | held out, before -> after | avg@{k} T=1 | greedy | val entropy "
-        "(expert answers) | max grad norm | KL to base (final) | val acc (final) | minutes |"
-    )
-    rows = [head, "|" + "---|" * 9]
-    if base:
-        rows.append(f"| base | | {base['avg_at_k']:.3f} | {base['greedy']:.3f} | | | | | |")
-    for out in outcomes.values():
-        for (label, folder), (stage, acc) in zip(
-            out["runs"].items(), out["after"].items(), strict=True
-        ):
-            st = _series_stats(folder)
-            ev = out.get("eval", {}).get(label)
-            avg, greedy = (f"{ev['avg_at_k']:.3f}", f"{ev['greedy']:.3f}") if ev else ("", "")
-            rows.append(
-                f"| {label} | {out['before']:.3f} -> {acc:.3f} ({stage}) | {avg} | {greedy} | "
-                f"{st['val_entropy_first']:.3f} -> {st['val_entropy']:.3f} | "
-                f"{st['max_grad_norm']:.3f} | {st['kl_to_base']:.4f} | {st['val_acc']:.3f} | "
-                f"{out['minutes']:.1f} |"
-            )
-    return "\n".join(rows)
+def _brief(row: dict) -> str:
+    shown = ("avg_at_k", "greedy", "ood_avg", "capitals", "val_entropy")
+    return ", ".join(f"{k} {row[k]:.3f}" for k in shown if k in row)
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def compare(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
+    """Every method (and the base, and the warm start) trained and scored for one seed:
+    {row label: numbers}."""
+    if args.builtin:
+        write_task(args, seed, out)
+        args.data = str(out / "data")
+    rows: dict[str, dict] = {}
+    if args.eval_samples and (seed == args.seeds_list[0] or not args.warm_start):
+        # With a warm start, the base model only shows what the runs started from and
+        # what they must not forget: once is enough.
+        rows["base"] = held_out(args, None, seed, out)
+        print(f"\nbase (seed {seed}): {_brief(rows['base'])}", flush=True)
+    if args.warm_start:
+        warm_start(args, seed, out)
+        if args.eval_samples:
+            rows["warm start"] = held_out(args, out / "warm-start", seed, out)
+            print(f"\nwarm start (seed {seed}): {_brief(rows['warm start'])}", flush=True)
+    trained = {m: train_method(m, args, seed, out) for m in args.methods.split(",")}
+    print(f"\n=== held-out evaluation (seed {seed}) ===", flush=True)
+    for out_ in trained.values():
+        for label, folder in out_["runs"].items():
+            row = {**_series_stats(folder), "minutes": out_["minutes"], "folder": str(folder)}
+            if args.eval_samples:
+                row.update(held_out(args, folder, seed, out))
+            rows[label] = row
+            print(f"{label} (seed {seed}): {_brief(row)}", flush=True)
+    # One curve per method: a staged method's stages joined end to end.
+    curves = {n: chain_stages(list(o["runs"].values())) for n, o in trained.items()}
+    plots(curves, rows, out / "plots")
+    return rows
+
+
+def plots(curves: dict, rows: dict[str, dict], folder: Path) -> None:
+    passk = {
+        label: {"pass_at_k": list(enumerate(r["pass_at"], start=1))}
+        for label, r in rows.items()
+        if r.get("pass_at")
+    }
+    try:
+        written = plot_runs(curves, folder, PLOTTED)
+        written += plot_runs(passk, folder, ["pass_at_k"], xlabel="k (samples per problem)")
+    except ImportError as e:
+        print(f"No plots: {e}")
+        return
+    for path in written:
+        print(f"Wrote {path}")
+
+
+COLUMNS = (  # (key, heading, format)
+    ("avg_at_k", "avg@{k} T=1", "{:.1%}"),
+    ("pass_at_k", "pass@{k}", "{:.1%}"),
+    ("greedy", "greedy", "{:.1%}"),
+    ("distinct", "distinct answers", "{:.2f}"),
+    ("ood_avg", "harder problems avg@{k}", "{:.1%}"),
+    ("capitals", "capitals (not trained)", "{:.1%}"),
+    ("val_entropy", "val entropy, end", "{:.3f}"),
+    ("max_grad_norm", "max grad norm", "{:.2f}"),
+    ("kl_to_base", "KL to base, end", "{:.1f}"),
+    ("zero_var_mean", "zero-var groups", "{:.2f}"),
+    ("minutes", "minutes", "{:.1f}"),
+)
+
+
+def _cell(values: list[float], fmt: str) -> str:
+    values = [v for v in values if v == v]  # NaN: not measured for this row
+    if not values:
+        return ""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    spread = (max(values) - min(values)) / 2
+    return f"{fmt.format(statistics.fmean(values))} ± {fmt.format(spread).rstrip('%')}"
+
+
+def table(per_seed: dict[int, dict[str, dict]], k: int) -> str:
+    """One row per run: the value, or over several seeds mean ± half the range."""
+    for rows in per_seed.values():
+        for r in rows.values():
+            if r.get("pass_at"):
+                r["pass_at_k"] = r["pass_at"][-1]
+    labels = list(next(iter(per_seed.values())))
+    used = [
+        c for c in COLUMNS if any(c[0] in r for rows in per_seed.values() for r in rows.values())
+    ]
+    head = "| run | " + " | ".join(h.format(k=k) for _, h, _ in used) + " |"
+    lines = [head, "|" + "---|" * (len(used) + 1)]
+    for label in labels:
+        cells = [
+            _cell([rows.get(label, {}).get(key, float("nan")) for rows in per_seed.values()], fmt)
+            for key, _, fmt in used
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -157,12 +310,13 @@ def main() -> None:
     ap.add_argument("--data", help="default: the built-in arithmetic task")
     ap.add_argument(
         "--methods",
-        help="losses, or a+b for stages (default: sft,gft; with wrong answers "
-        "sft,sft-verified,gft)",
+        help="losses, a+b for stages, a@N for N iterations (default: sft,gft; with wrong "
+        "answers sft,sft-verified,gft)",
     )
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--learning-rate", type=float, default=3e-5)
     ap.add_argument("--group-size", type=int, default=8, help="GFT/GRPO samples per prompt")
+    ap.add_argument("--tau", type=float, default=0.5, help="GFT's DCR threshold")
     ap.add_argument("--num-layers", type=int, default=16, help="LoRA layers, -1 for all")
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--test-problems", type=int, default=64)
@@ -176,58 +330,71 @@ def main() -> None:
         help="built-in task with this share of training answers wrong (an arithmetic slip); "
         f"default {DEMO_WRONG_EXPERTS} on the built-in task, 0 for clean answers",
     )
+    ap.add_argument("--difficulty", type=int, default=DEFAULT_LEVEL, help="built-in task level")
+    ap.add_argument("--train-size", type=int, default=1000, help="built-in training rows")
+    ap.add_argument(
+        "--ood-level", type=int, default=3, help="harder built-in test problems (0: none)"
+    )
+    ap.add_argument("--ood-problems", type=int, default=64, help="harder problems scored")
+    ap.add_argument(
+        "--warm-start", type=int, default=0, help="SFT iterations on other rows before every method"
+    )
+    ap.add_argument(
+        "--no-forgetting", dest="forgetting", action="store_false", help="skip the capitals check"
+    )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", help="comma-separated seeds (overrides --seed), e.g. 0,1,2")
     ap.add_argument("--out", default="why_gft_runs")
     args = ap.parse_args()
+    args.builtin = not args.data
     if args.wrong_experts is None:
-        args.wrong_experts = 0.0 if args.data else DEMO_WRONG_EXPERTS
-    noisy = f"Built-in task, {args.wrong_experts:.0%} of training answers wrong"
-    if args.wrong_experts:
-        if args.data:
-            ap.error("--wrong-experts changes the built-in task: leave out --data")
-        print(noisy, flush=True)
-        args.data = str(
-            write_dataset(Path(args.out) / "data", seed=args.seed, wrong_experts=args.wrong_experts)
-        )
-
+        args.wrong_experts = DEMO_WRONG_EXPERTS if args.builtin else 0.0
+    if not args.builtin and (args.wrong_experts or args.warm_start):
+        ap.error("--wrong-experts and --warm-start build the built-in task: leave out --data")
+    if not args.builtin:
+        args.ood_level = 0
     if args.methods is None:
         args.methods = "sft,sft-verified,gft" if args.wrong_experts else "sft,gft"
-    outcomes = {}
-    for method in args.methods.split(","):
-        grpo = args.then_grpo if method.split("+")[-1] in ("sft", "sft-verified", "gft") else 0
-        outcomes[method] = train_method(method, args, grpo)
-    base = None
-    if args.eval_samples:
-        print(f"\n=== avg@{args.eval_samples} and greedy on the held-out problems ===", flush=True)
-        base = held_out(args, None)
-        for out in outcomes.values():
-            out["eval"] = {label: held_out(args, folder) for label, folder in out["runs"].items()}
-    # One curve per method: a staged method's stages joined end to end.
-    curves = {name: chain_stages(list(out["runs"].values())) for name, out in outcomes.items()}
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    args.seeds_list = seeds
+    noisy = f"{args.wrong_experts:.0%} of training answers wrong" if args.builtin else ""
+    if noisy:
+        print(f"Built-in task, level {args.difficulty}, {args.train_size} rows, {noisy}")
+
     out_dir = Path(args.out)
-    summary = table(outcomes, base, args.eval_samples)
+    per_seed = {}
+    for seed in seeds:
+        out = out_dir / f"seed{seed}" if len(seeds) > 1 else out_dir
+        per_seed[seed] = compare(args, seed, out)
+        (out / "summary.json").write_text(json.dumps(per_seed[seed], indent=1))
+    summary = table(per_seed, args.eval_samples)
+    if len(seeds) > 1:
+        summary = f"Seeds {args.seeds}: mean ± half the range\n\n" + summary
+        mean_curves = {
+            label: {
+                "pass_at_k": [
+                    (i + 1, statistics.fmean(c))
+                    for i, c in enumerate(
+                        zip(
+                            *(r[label]["pass_at"] for r in per_seed.values() if label in r),
+                            strict=True,
+                        )
+                    )
+                ]
+            }
+            for label in per_seed[seeds[0]]
+            if per_seed[seeds[0]][label].get("pass_at")
+        }
+        try:
+            plot_runs(
+                mean_curves, out_dir / "plots", ["pass_at_k"], xlabel="k (samples per problem)"
+            )
+        except ImportError:
+            pass
     (out_dir / "summary.md").write_text(summary + "\n")
-    (out_dir / "summary.json").write_text(
-        json.dumps(
-            {
-                "wrong_experts": args.wrong_experts,
-                "base": base,
-                **{
-                    k: {**v, "runs": {n: str(p) for n, p in v["runs"].items()}}
-                    for k, v in outcomes.items()
-                },
-            },
-            indent=1,
-        )  # fmt: skip
-    )
-    if args.wrong_experts:
-        print("\n" + noisy)
+    if noisy:
+        print(f"\nBuilt-in task, level {args.difficulty}, {args.train_size} rows, {noisy}")
     print("\n" + summary)
-    try:
-        for path in plot_runs(curves, out_dir / "plots", PLOTTED):
-            print(f"Wrote {path}")
-    except ImportError as e:
-        print(f"No plots: {e}")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ def plot_runs(
     runs: dict[str, Path | Series],
     out_dir: str | Path,
     metrics: Sequence[str] = DEFAULT_METRICS,
+    xlabel: str = "iteration",
 ) -> list[Path]:
     """Write <metric>.png for each metric some run logged, one line per run; returns them.
     A run is its folder (or metrics.jsonl), or a series already read (`chain_stages`).
@@ -113,7 +114,7 @@ def plot_runs(
             x, y = zip(*points, strict=True)
             ax.plot(x, y, label=name, marker="o" if len(points) < 20 else None, markersize=3)
         ax.set_title(metric)
-        ax.set_xlabel("iteration")
+        ax.set_xlabel(xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()

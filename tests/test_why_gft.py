@@ -13,38 +13,75 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "why_gft.py"
 
 
+def _rows(path: Path) -> list[list[str]]:
+    return [
+        [c.strip() for c in r.split("|")[1:-1]]
+        for r in path.read_text().splitlines()
+        if r.startswith("|")
+    ]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.open()]
+
+
 def test_why_gft_writes_the_table_and_plots(tiny_model, tmp_path):
     out = tmp_path / "why"
-    # No --data: the demo's default, the built-in task with 30% of expert answers wrong.
-    cmd = [sys.executable, str(SCRIPT), "--model", str(tiny_model)]
-    cmd += ["--iters", "2", "--test-problems", "8", "--eval-every", "1", "--num-layers", "-1"]
-    cmd += ["--methods", "sft,sft-verified,dft,sft+gft", "--then-grpo", "1", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # No --data: the demo's default, the built-in task with 30% of expert answers wrong;
+    # a warm start, two seeds and every kind of method name (a@N, staged, then GRPO).
+    cmd = [sys.executable, str(SCRIPT), "--model", str(tiny_model), "--iters", "2"]
+    cmd += ["--test-problems", "8", "--ood-problems", "4", "--eval-samples", "2"]
+    cmd += ["--eval-every", "1", "--num-layers", "-1", "--train-size", "12"]
+    cmd += ["--warm-start", "1", "--seeds", "0,1", "--then-grpo", "1", "--out", str(out)]
+    cmd += ["--methods", "sft@3,sft-verified,sft+gft"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [r.split("|")[1:-1] for r in (out / "summary.md").read_text().splitlines()]
-    labels = [r[0].strip() for r in rows[2:]]
-    assert labels == [
-        "base", "sft: 1-sft", "sft: 2-grpo", "sft-verified: 1-sft-verified",
-        "sft-verified: 2-grpo", "dft", "sft+gft: 1-sft", "sft+gft: 2-gft", "sft+gft: 3-grpo",
+
+    rows = _rows(out / "summary.md")
+    assert (out / "summary.md").read_text().startswith("Seeds 0,1: mean ± half the range")
+    head, body = rows[0], rows[2:]
+    assert [r[0] for r in body] == [
+        "base", "warm start", "sft@3: 1-sft", "sft@3: 2-grpo", "sft-verified: 1-sft-verified",
+        "sft-verified: 2-grpo",
+        "sft+gft: 1-sft", "sft+gft: 2-gft", "sft+gft: 3-grpo",
     ]  # fmt: skip
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"wrong_experts", "base", "sft", "sft-verified", "dft", "sft+gft"}
-    train = [json.loads(x) for x in (out / "data" / "train.jsonl").open()]
+    for name in ("avg@2 T=1", "pass@2", "greedy", "harder problems avg@2", "capitals"):
+        assert any(h.startswith(name) for h in head), (name, head)
+    # The base model is scored once (seed 0); every trained row is a mean over two seeds.
+    assert "±" not in body[0][1] and all("±" in r[1] for r in body[1:]), body
+
+    per_seed = {s: json.loads((out / f"seed{s}" / "summary.json").read_text()) for s in (0, 1)}
+    assert "base" in per_seed[0] and "base" not in per_seed[1]
+    for seed, found in per_seed.items():
+        for label, r in found.items():
+            # pass@1 is avg@k; pass@k never falls as k grows; counts are of 8 x 2 answers.
+            assert r["pass_at"][0] == pytest.approx(r["avg_at_k"]) and len(r["pass_at"]) == 2
+            assert r["pass_at"][0] <= r["pass_at"][1] + 1e-9, (seed, label)
+            assert float(r["avg_at_k"] * 16).is_integer() and float(r["greedy"] * 8).is_integer()
+            assert float(r["ood_avg"] * 8).is_integer(), (seed, label)
+            capitals = _jsonl(SCRIPT.parent / "data" / "capitals" / "test.jsonl")
+            assert float(r["capitals"] * len(capitals)).is_integer()
+
+    data = out / "seed1" / "data"
+    train, test = _jsonl(data / "train.jsonl"), _jsonl(data / "test.jsonl")
+    warm = _jsonl(out / "seed1" / "data_warm" / "train.jsonl")
     wrong = sum(not is_correct(r["completion"], r["answer"]) for r in train)
-    assert summary["wrong_experts"] == 0.3 and wrong == round(0.3 * len(train)), wrong
+    assert len(train) == 12 and wrong == round(0.3 * 12)
+    # Warm-up rows: clean, as many as one SFT iteration takes, in neither train nor test.
+    assert len(warm) == 4 and all(is_correct(r["completion"], r["answer"]) for r in warm)
+    prompts = {r["prompt"] for r in train + test}
+    assert not prompts & {r["prompt"] for r in warm}
     # sft-verified trained on the rows the verifier accepts: the 70% with right answers.
-    right = len(train) - wrong
-    assert f"Training on the {right} of {len(train)} rows whose expert answer" in done.stdout
-    config = json.loads((out / "sft-verified/1-sft-verified/adapter_config.json").read_text())
-    assert config["loss"] == "sft-verified" and config["mask_prompt"] is True
-    # Every run, and the base, has avg@4 and greedy accuracy on the 8 test problems.
-    for r in rows[2:]:
-        for cell, n in ((r[2], 32), (r[3], 8)):  # avg@4: 32 answers; greedy: 8
-            assert 0 <= float(cell) <= 1 and abs(float(cell) * n - round(float(cell) * n)) < 0.05, r
-    assert f"{summary['sft']['eval']['sft: 2-grpo']['greedy']:.3f}" == rows[4][3].strip()
-    assert summary["sft+gft"]["before"] == summary["sft"]["before"]  # same start and test set
-    for png in ("val_entropy", "grad_norm", "kl_to_base", "val_acc"):
-        assert (out / "plots" / f"{png}.png").stat().st_size > 1000
+    assert f"Training on the {12 - wrong} of 12 rows whose expert answer" in done.stdout
+    # Every method starts from the seed's warm start; sft@3 trains for 3 iterations.
+    config = json.loads((out / "seed1" / "sft@3" / "1-sft" / "adapter_config.json").read_text())
+    assert config["resume_adapter_file"].endswith("seed1/warm-start/adapters.safetensors")
+    assert config["mask_prompt"] is True and config["iters"] == 3
+    steps = [r["iteration"] for r in _jsonl(out / "seed1" / "sft@3" / "1-sft" / "metrics.jsonl")]
+    assert max(steps) == 3
     # Each stage in its own folder; the iterations are shared between SFT and GFT.
-    steps = [json.loads(x)["iteration"] for x in (out / "sft+gft/2-gft/metrics.jsonl").open()]
-    assert max(steps) == 1 and (out / "sft+gft" / "3-grpo" / "metrics.jsonl").exists()
+    steps = [r["iteration"] for r in _jsonl(out / "seed0" / "sft+gft" / "2-gft" / "metrics.jsonl")]
+    assert max(steps) == 1 and (out / "seed0" / "sft+gft" / "3-grpo" / "metrics.jsonl").exists()
+    for png in ("val_entropy", "grad_norm", "kl_to_base", "pass_at_k"):
+        assert (out / "seed0" / "plots" / f"{png}.png").stat().st_size > 1000
+    assert (out / "plots" / "pass_at_k.png").stat().st_size > 1000  # mean over the seeds
