@@ -216,14 +216,15 @@ def compare(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
         write_task(args, seed, out)
         args.data = str(out / "data")
     rows: dict[str, dict] = {}
-    if args.eval_samples and (seed == args.seeds_list[0] or not args.warm_start):
+    first = seed == args.seeds_list[0] or not args.warm_start
+    if args.eval_samples and args.base and first:
         # With a warm start, the base model only shows what the runs started from and
         # what they must not forget: once is enough.
         rows["base"] = held_out(args, None, seed, out)
         print(f"\nbase (seed {seed}): {_brief(rows['base'])}", flush=True)
     if args.warm_start:
         warm_start(args, seed, out)
-        if args.eval_samples:
+        if args.eval_samples and args.base:
             rows["warm start"] = held_out(args, out / "warm-start", seed, out)
             print(f"\nwarm start (seed {seed}): {_brief(rows['warm start'])}", flush=True)
     trained = {m: train_method(m, args, seed, out) for m in args.methods.split(",")}
@@ -338,6 +339,12 @@ def main() -> None:
     ap.add_argument("--ood-problems", type=int, default=64, help="harder problems scored")
     ap.add_argument(
         "--warm-start", type=int, default=0, help="SFT iterations on other rows before every method"
+    )
+    ap.add_argument(
+        "--no-base",
+        dest="base",
+        action="store_false",
+        help="do not score the starting models (base, warm start)",
     )
     ap.add_argument(
         "--no-forgetting", dest="forgetting", action="store_false", help="skip the capitals check"
