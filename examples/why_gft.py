@@ -24,6 +24,8 @@ than it trained on (`--ood-level`, built-in task); and on a task nobody trains o
                     # the paper's regime in miniature: an SFT-warmed start that already
                     # solves a fair share, many epochs over a small set, three seeds
     python examples/why_gft.py --model M --data D --iters 200
+    python examples/why_gft.py ... --reuse             # after an interruption: keep the
+                                                       # runs that finished, train the rest
 
 Writes <out>/[seed<s>/]<method>/ (adapters, metrics.jsonl), <out>/plots/*.png and
 <out>/summary.md. Plots need matplotlib (pip install "mlx-gft[plot]").
@@ -96,10 +98,7 @@ def train_method(name: str, args: argparse.Namespace, seed: int, out: Path) -> d
         stages.append({"loss": "grpo", "iters": args.then_grpo})
     if len(stages) > 1:
         config["stages"] = stages
-    print(f"\n=== {name} (seed {seed}) ===", flush=True)
-    tic = time.perf_counter()
-    run(build_config(**config))
-    minutes = (time.perf_counter() - tic) / 60
+    minutes = _train(config, folder, args.reuse, f"{name} (seed {seed})")
     runs = (
         {f"{name}: {p.name}": p for p in sorted(folder.glob("[0-9]-*"))}
         if len(stages) > 1
@@ -119,8 +118,22 @@ def warm_start(args: argparse.Namespace, seed: int, out: Path) -> None:
         iters=args.warm_start,
         adapter_path=str(out / "warm-start"),
     )
-    print(f"\n=== warm start: sft, {args.warm_start} iterations (seed {seed}) ===", flush=True)
+    label = f"warm start: sft, {args.warm_start} iterations (seed {seed})"
+    _train(config, out / "warm-start", args.reuse, label)
+
+
+def _train(config: dict, folder: Path, reuse: bool, label: str) -> float:
+    """Train one run, or with --reuse take a finished one from an earlier call: minutes."""
+    done = folder / "why_gft.json"  # written last, so an interrupted run trains again
+    if reuse and done.exists():
+        print(f"\n=== {label}: reusing {folder} ===", flush=True)
+        return json.loads(done.read_text())["minutes"]
+    print(f"\n=== {label} ===", flush=True)
+    tic = time.perf_counter()
     run(build_config(**config))
+    minutes = (time.perf_counter() - tic) / 60
+    done.write_text(json.dumps({"minutes": minutes}))
+    return minutes
 
 
 def evaluate_on(args: argparse.Namespace, data: Path | None, adapters: Path | None, **kw) -> dict:
@@ -304,6 +317,49 @@ def table(per_seed: dict[int, dict[str, dict]], k: int) -> str:
     return "\n".join(lines)
 
 
+def family(label: str) -> str | None:
+    """'gft' for a GFT run or stage, 'sft' for an SFT-like one (sft, sft-verified, dft);
+    None for the rest (base, warm start, anything with GRPO: RL is compared separately).
+    A staged run's rows are its stages, labelled 'sft+gft: 2-gft'."""
+    method, _, stage = label.partition(": ")
+    name = stage.partition("-")[2] if stage else method.partition("@")[0]
+    losses = set(name.split("+"))
+    if "grpo" in losses:
+        return None
+    if "gft" in losses:
+        return "gft"
+    return "sft" if losses <= {"sft", "sft-verified", "dft"} else None
+
+
+def verdict(per_seed: dict[int, dict[str, dict]], k: int, margin: float = 0.03) -> str:
+    """The best GFT-family run against the best SFT-family run on held-out avg@k, said
+    plainly: a gap counts only when it is at least `margin` and larger than either run's
+    spread over the seeds (half the range), and never on one seed."""
+    best = {}
+    for label in next(iter(per_seed.values())):
+        values = [r[label]["avg_at_k"] for r in per_seed.values() if "avg_at_k" in r.get(label, {})]
+        if family(label) and values:
+            mean, spread = statistics.fmean(values), (max(values) - min(values)) / 2
+            if family(label) not in best or mean > best[family(label)][1]:
+                best[family(label)] = (label, mean, spread)
+    if len(best) < 2:
+        return ""
+    (g_label, g, g_spread), (s_label, s, s_spread) = best["gft"], best["sft"]
+    head = (
+        f"Best GFT-family run {g_label}: avg@{k} {g:.1%}; best SFT-family run {s_label}: {s:.1%}."
+    )
+    gap, noise = g - s, max(g_spread, s_spread)
+    if len(per_seed) < 2:
+        return f"{head} One seed: no spread to judge a gap by (run --seeds 0,1,2)."
+    if abs(gap) < margin or abs(gap) <= noise:
+        return (
+            f"{head} No clear winner: the gap ({gap * 100:+.1f} points) is under "
+            f"{margin * 100:.0f} points or within the seeds' spread (±{noise * 100:.1f})."
+        )
+    winner = "GFT" if gap > 0 else "SFT"
+    return f"{head} {winner} ahead by {abs(gap) * 100:.1f} points (spread ±{noise * 100:.1f})."
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the < 30 min setting (default)")
@@ -352,6 +408,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", help="comma-separated seeds (overrides --seed), e.g. 0,1,2")
     ap.add_argument("--out", default="why_gft_runs")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep runs an earlier call with the same settings finished in --out "
+        "(an interrupted comparison picks up where it stopped)",
+    )
     args = ap.parse_args()
     args.builtin = not args.data
     if args.wrong_experts is None:
@@ -398,7 +460,9 @@ def main() -> None:
             )
         except ImportError:
             pass
-    (out_dir / "summary.md").write_text(summary + "\n")
+    if args.eval_samples:
+        summary += "\n\n" + verdict(per_seed, args.eval_samples)
+    (out_dir / "summary.md").write_text(summary.rstrip() + "\n")
     if noisy:
         print(f"\nBuilt-in task, level {args.difficulty}, {args.train_size} rows, {noisy}")
     print("\n" + summary)

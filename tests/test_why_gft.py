@@ -47,6 +47,11 @@ def test_why_gft_writes_the_table_and_plots(tiny_model, tmp_path):
     ]  # fmt: skip
     for name in ("avg@2 T=1", "pass@2", "greedy", "harder problems avg@2", "capitals"):
         assert any(h.startswith(name) for h in head), (name, head)
+    # The verdict line: the only GFT-family row is the pipeline's GFT stage (GRPO after
+    # it is RL, compared separately), against the better of the SFT-family rows.
+    verdict = (out / "summary.md").read_text().strip().splitlines()[-1]
+    assert verdict.startswith("Best GFT-family run sft+gft: 2-gft: avg@2 "), verdict
+    assert "No clear winner" in verdict or "ahead by" in verdict, verdict
     # The base model is scored once (seed 0); every trained row is a mean over two seeds.
     assert "±" not in body[0][1] and all("±" in r[1] for r in body[1:]), body
 
@@ -85,3 +90,18 @@ def test_why_gft_writes_the_table_and_plots(tiny_model, tmp_path):
     for png in ("val_entropy", "grad_norm", "kl_to_base", "pass_at_k"):
         assert (out / "seed0" / "plots" / f"{png}.png").stat().st_size > 1000
     assert (out / "plots" / "pass_at_k.png").stat().st_size > 1000  # mean over the seeds
+
+    # --reuse: an interrupted comparison picks up where it stopped. Finished runs are
+    # kept (same adapters, same minutes); a run without its end marker trains again.
+    (out / "seed1" / "sft-verified" / "why_gft.json").unlink()
+    kept = out / "seed0" / "sft+gft" / "2-gft" / "adapters.safetensors"
+    before = kept.stat().st_mtime_ns
+    again = subprocess.run(
+        cmd + ["--reuse", "--eval-samples", "0"], capture_output=True, text=True, timeout=900
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count(": reusing ") == 7, again.stdout  # 2 warm starts, 5 methods
+    assert "=== sft-verified (seed 1) ===" in again.stdout
+    assert kept.stat().st_mtime_ns == before
+    rerun = json.loads((out / "seed0" / "summary.json").read_text())
+    assert rerun["sft+gft: 2-gft"]["minutes"] == per_seed[0]["sft+gft: 2-gft"]["minutes"]

@@ -1,0 +1,73 @@
+"""why_gft's verdict line: which runs count as GFT or SFT family, and when a gap is one."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "why_gft.py"
+spec = importlib.util.spec_from_file_location("why_gft", SCRIPT)
+why_gft = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(why_gft)
+
+
+@pytest.mark.parametrize(
+    "label, family",
+    [
+        ("sft", "sft"),
+        ("sft-verified", "sft"),
+        ("dft", "sft"),
+        ("sft@74", "sft"),
+        ("sft+sft-verified", "sft"),
+        ("gft", "gft"),
+        ("gft@10", "gft"),
+        ("sft+gft: 2-gft", "gft"),
+        ("sft+gft", "gft"),
+        ("sft+gft: 1-sft", "sft"),  # a pipeline's first stage is SFT at half the steps
+        ("sft+gft: 2-sft-verified", "sft"),
+        ("sft: 1-sft", "sft"),
+        # RL after either is compared with RL after the other, not with SFT alone.
+        ("sft+gft: 3-grpo", None),
+        ("sft: 2-grpo", None),
+        ("grpo", None),
+        ("base", None),
+        ("warm start", None),
+    ],
+)
+def test_family(label, family):
+    assert why_gft.family(label) == family
+
+
+def _runs(**avg_by_label):
+    """{seed: {label: {'avg_at_k': v}}} from label=[v_seed0, v_seed1, ...]."""
+    n = len(next(iter(avg_by_label.values())))
+    return {s: {k: {"avg_at_k": v[s]} for k, v in avg_by_label.items()} for s in range(n)}
+
+
+def test_verdict_names_the_best_of_each_family_and_the_winner():
+    # Best SFT-family run is sft-verified (0.85), best GFT is gft (0.90): gap 5 points,
+    # spreads 1 and 2 points.
+    runs = _runs(base=[0.1, 0.1], sft=[0.70, 0.72], **{"sft-verified": [0.84, 0.86]},
+                 gft=[0.88, 0.92], grpo=[0.99, 0.99])  # fmt: skip
+    line = why_gft.verdict(runs, 4)
+    assert (
+        "GFT-family run gft: avg@4 90.0%" in line and "SFT-family run sft-verified: 85.0%" in line
+    )
+    assert line.endswith("GFT ahead by 5.0 points (spread ±2.0).")
+    # GRPO alone is in neither family, however well it does.
+    assert "grpo" not in line
+
+
+def test_verdict_calls_a_gap_within_the_spread_or_under_the_margin_no_winner():
+    wide = why_gft.verdict(_runs(sft=[0.80, 0.80], gft=[0.76, 0.94]), 4)  # +5, spread 9
+    assert "No clear winner: the gap (+5.0 points)" in wide and "(±9.0)" in wide
+    small = why_gft.verdict(_runs(sft=[0.80, 0.80], gft=[0.82, 0.82]), 4)  # +2 < 3
+    assert "No clear winner" in small
+    sft_wins = why_gft.verdict(_runs(sft=[0.90, 0.92], gft=[0.80, 0.80]), 4)
+    assert sft_wins.endswith("SFT ahead by 11.0 points (spread ±1.0).")
+
+
+def test_verdict_on_one_seed_or_one_family():
+    one = why_gft.verdict(_runs(sft=[0.5], gft=[0.9]), 4)
+    assert "One seed: no spread to judge a gap by" in one and "ahead" not in one
+    assert why_gft.verdict(_runs(sft=[0.5, 0.6], grpo=[0.9, 0.9]), 4) == ""
