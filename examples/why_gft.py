@@ -154,6 +154,7 @@ def held_out(args: argparse.Namespace, adapters: Path | None, seed: int, out: Pa
     main = evaluate_on(args, args.data, adapters, seed=seed, samples=k, limit=n)
     found = {
         "avg_at_k": main["avg_at_k"],
+        "avg_stderr": main["avg_at_k_stderr"],
         "greedy": main["greedy"],
         "pass_at": main["pass_at"],
         "distinct": main["distinct_answers"],
@@ -273,6 +274,7 @@ def plots(curves: dict, rows: dict[str, dict], folder: Path) -> None:
 
 COLUMNS = (  # (key, heading, format)
     ("avg_at_k", "avg@{k} T=1", "{:.1%}"),
+    ("avg_stderr", "its s.e. over problems", "{:.1%}"),
     ("pass_at_k", "pass@{k}", "{:.1%}"),
     ("greedy", "greedy", "{:.1%}"),
     ("distinct", "distinct answers", "{:.2f}"),
@@ -337,20 +339,30 @@ def verdict(per_seed: dict[int, dict[str, dict]], k: int, margin: float = 0.03) 
     spread over the seeds (half the range), and never on one seed."""
     best = {}
     for label in next(iter(per_seed.values())):
-        values = [r[label]["avg_at_k"] for r in per_seed.values() if "avg_at_k" in r.get(label, {})]
+        found = [r[label] for r in per_seed.values() if "avg_at_k" in r.get(label, {})]
+        values = [r["avg_at_k"] for r in found]
         if family(label) and values:
             mean, spread = statistics.fmean(values), (max(values) - min(values)) / 2
             if family(label) not in best or mean > best[family(label)][1]:
-                best[family(label)] = (label, mean, spread)
+                stderr = found[0].get("avg_stderr", float("nan"))
+                best[family(label)] = (label, mean, spread, stderr)
     if len(best) < 2:
         return ""
-    (g_label, g, g_spread), (s_label, s, s_spread) = best["gft"], best["sft"]
+    (g_label, g, g_spread, g_se), (s_label, s, s_spread, s_se) = best["gft"], best["sft"]
     head = (
         f"Best GFT-family run {g_label}: avg@{k} {g:.1%}; best SFT-family run {s_label}: {s:.1%}."
     )
     gap, noise = g - s, max(g_spread, s_spread)
     if len(per_seed) < 2:
-        return f"{head} One seed: no spread to judge a gap by (run --seeds 0,1,2)."
+        # One seed has no spread; the metric's own noise still bounds what a gap means.
+        chance = 2 * (g_se**2 + s_se**2) ** 0.5
+        if chance != chance:
+            return f"{head} One seed: nothing to judge a gap by (run --seeds 0,1,2)."
+        within = "within" if abs(gap) <= chance else "beyond"
+        return (
+            f"{head} One seed: the gap ({gap * 100:+.1f} points) is {within} twice the "
+            f"standard error of the difference ({chance * 100:.1f}); run --seeds 0,1,2."
+        )
     if abs(gap) < margin or abs(gap) <= noise:
         return (
             f"{head} No clear winner: the gap ({gap * 100:+.1f} points) is under "

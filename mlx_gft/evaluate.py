@@ -40,6 +40,17 @@ def avg_and_pass_at_k(correct: np.ndarray) -> tuple[float, float]:
     return float(correct.mean()), float(correct.any(axis=1).mean())
 
 
+def avg_at_k_stderr(correct: np.ndarray) -> float:
+    """The standard error of avg@k over problems: the spread of per-problem accuracy over
+    the square root of the number of problems. It is the metric's own noise (which
+    problems, which samples): two models scored on the same problems differ by less than
+    about twice this only by chance. NaN under two problems."""
+    per_problem = (np.asarray(correct) > 0).mean(axis=1) if np.size(correct) else np.zeros(0)
+    if per_problem.size < 2:
+        return float("nan")
+    return float(per_problem.std(ddof=1) / np.sqrt(per_problem.size))
+
+
 def pass_at_k_curve(correct: np.ndarray) -> list[float]:
     """Unbiased pass@k for k = 1..n (Chen et al. 2021) of a (problems, n samples) table:
     per problem 1 - C(n - c, k) / C(n, k) with c correct samples, averaged over problems.
@@ -165,7 +176,8 @@ def accuracy(
 ) -> dict:
     """Score `samples` answers per prompt; temperature 0 is greedy (then samples = 1).
 
-    Returns n, samples, temperature, top_k, min_p, avg_at_k, pass_at_k and `correct`,
+    Returns n, samples, temperature, top_k, min_p, avg_at_k (and its standard error over
+    problems), pass_at_k and `correct`,
     the number of correct samples of each problem.
     """
     if temperature == 0:
@@ -193,6 +205,7 @@ def accuracy(
         "top_k": top_k,
         "min_p": min_p,
         "avg_at_k": avg,
+        "avg_at_k_stderr": avg_at_k_stderr(table),
         "pass_at_k": passed,
         "pass_at": pass_at_k_curve(table),  # pass@1 .. pass@samples
         "distinct_answers": distinct_answers(texts),
@@ -302,6 +315,7 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
         "max_tokens": args.max_tokens,
         "seed": args.seed,
         "avg_at_k": sampled["avg_at_k"],
+        "avg_at_k_stderr": sampled["avg_at_k_stderr"],
         "pass_at_k": sampled["pass_at_k"],
         "pass_at": sampled["pass_at"],
         "distinct_answers": sampled["distinct_answers"],
@@ -327,7 +341,8 @@ def format_table(result: dict) -> str:
         setting += f", min-p {result['min_p']:g}"
     lines = [
         f"{'problems':<10}{result['n']}",
-        f"{f'avg@{k}':<10}{result['avg_at_k']:.3f}  (mean over {k} samples at {setting})",
+        f"{f'avg@{k}':<10}{result['avg_at_k']:.3f}  (mean over {k} samples at {setting}; "
+        f"standard error over problems {result['avg_at_k_stderr']:.3f})",
         f"{f'pass@{k}':<10}{result['pass_at_k']:.3f}  (any of {k} correct)",
         f"{'pass@1..':<10}{' '.join(f'{p:.3f}' for p in result['pass_at'])}  (unbiased)",
         f"{'distinct':<10}{result['distinct_answers']:.2f}  (final answers per problem)",

@@ -14,6 +14,7 @@ from mlx_gft.data import Example
 from mlx_gft.evaluate import (
     accuracy,
     avg_and_pass_at_k,
+    avg_at_k_stderr,
     distinct_answers,
     main,
     pass_at_k_curve,
@@ -24,7 +25,7 @@ from mlx_gft.sampling import Sample
 
 RESULT_KEYS = {
     "n", "samples", "temperature", "top_k", "min_p", "max_concurrency", "max_tokens", "seed",
-    "avg_at_k", "pass_at_k", "pass_at", "distinct_answers", "greedy", "correct",
+    "avg_at_k", "avg_at_k_stderr", "pass_at_k", "pass_at", "distinct_answers", "greedy", "correct",
     "greedy_correct", "reward", "model",
     "adapter_path", "data", "dataset_config", "split",
 }  # fmt: skip
@@ -39,6 +40,17 @@ def test_pass_at_k_curve_is_the_unbiased_estimator():
     avg, passed = avg_and_pass_at_k(correct)
     assert (curve[0], curve[-1]) == pytest.approx((avg, passed))
     assert pass_at_k_curve(np.zeros((0, 3))) == []
+
+
+def test_avg_at_k_stderr_is_the_spread_over_problems():
+    # Per-problem accuracy 1/2, 0, 1: mean 1/2, sample variance ((0)^2 + (1/2)^2 + (1/2)^2)/2
+    # = 1/4, standard error sqrt(1/4) / sqrt(3).
+    correct = np.array([[1, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]])
+    assert avg_at_k_stderr(correct) == pytest.approx(0.5 / np.sqrt(3))
+    # 64 problems each right half the time: no spread over problems, standard error 0.
+    assert avg_at_k_stderr(np.tile([1, 0], (64, 1))) == 0.0
+    assert np.isnan(avg_at_k_stderr(np.ones((1, 4))))
+    assert np.isnan(avg_at_k_stderr(np.zeros((0, 2))))
 
 
 def test_distinct_answers_counts_final_answers_per_problem():
@@ -120,6 +132,8 @@ def test_cli_writes_results_and_prints_table(tiny_model, arithmetic_data, tmp_pa
     assert len(result["correct"]) == 3 and all(0 <= c <= 2 for c in result["correct"])
     assert len(result["greedy_correct"]) == 3 and all(c in (0, 1) for c in result["greedy_correct"])
     assert result["avg_at_k"] == pytest.approx(sum(result["correct"]) / 6)
+    per_problem = np.array(result["correct"]) / 2
+    assert result["avg_at_k_stderr"] == pytest.approx(per_problem.std(ddof=1) / np.sqrt(3))
     assert result["adapter_path"] is None and result["model"] == str(tiny_model)
     assert (result["top_k"], result["min_p"], result["max_concurrency"]) == (0, 0.0, None)
     printed = capsys.readouterr().out
@@ -182,7 +196,9 @@ def test_cli_top_k_1_samples_the_greedy_answer(tiny_model, arithmetic_data, tmp_
     result = json.loads(out.read_text())
     assert set(result) == RESULT_KEYS
     assert (result["top_k"], result["min_p"], result["max_concurrency"]) == (1, 0.05, None)
-    assert "(mean over 3 samples at T=1, top-k 1, min-p 0.05)" in capsys.readouterr().out
+    assert "(mean over 3 samples at T=1, top-k 1, min-p 0.05; standard error" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.slow

@@ -61,6 +61,7 @@ def test_why_gft_writes_the_table_and_plots(tiny_model, tmp_path):
         for label, r in found.items():
             # pass@1 is avg@k; pass@k never falls as k grows; counts are of 8 x 2 answers.
             assert r["pass_at"][0] == pytest.approx(r["avg_at_k"]) and len(r["pass_at"]) == 2
+            assert r["avg_stderr"] >= 0 or r["avg_stderr"] != r["avg_stderr"]  # NaN: < 2 rows
             assert r["pass_at"][0] <= r["pass_at"][1] + 1e-9, (seed, label)
             assert float(r["avg_at_k"] * 16).is_integer() and float(r["greedy"] * 8).is_integer()
             assert float(r["ood_avg"] * 8).is_integer(), (seed, label)

@@ -69,5 +69,14 @@ def test_verdict_calls_a_gap_within_the_spread_or_under_the_margin_no_winner():
 
 def test_verdict_on_one_seed_or_one_family():
     one = why_gft.verdict(_runs(sft=[0.5], gft=[0.9]), 4)
-    assert "One seed: no spread to judge a gap by" in one and "ahead" not in one
+    assert "One seed: nothing to judge a gap by" in one and "ahead" not in one
+    # With the metric's standard errors (3 and 4 points): twice that of the difference
+    # is 2 * 5 = 10 points; a 40-point gap is beyond it, a 5-point gap within.
+    runs = _runs(sft=[0.5], gft=[0.9])
+    runs[0]["sft"]["avg_stderr"], runs[0]["gft"]["avg_stderr"] = 0.03, 0.04
+    assert "the gap (+40.0 points) is beyond twice the standard error of the difference (10.0)" in (
+        why_gft.verdict(runs, 4)
+    )
+    runs[0]["gft"]["avg_at_k"] = 0.55
+    assert "(+5.0 points) is within twice" in why_gft.verdict(runs, 4)
     assert why_gft.verdict(_runs(sft=[0.5, 0.6], grpo=[0.9, 0.9]), 4) == ""
