@@ -19,12 +19,13 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from . import rewards as rewards_lib
 from .checkpoint import write_jsonl
 from .config import add_data_options
-from .data import DataError, Source, open_source, parse_row
+from .data import DataError, Source, open_source, parse_row, raw_rows
 from .evaluate import check_sampling_options, sampled_batches, sampling_examples
 from .formats import Features
 from .models import LoadError, load_model
@@ -159,6 +160,16 @@ def summary_line(split: str, stats: SplitStats) -> str:
     return line
 
 
+def one_file(path: Path, splits: str | None) -> Source:
+    """One .jsonl file is one split, distilled into <output>/train.jsonl: the folder
+    training reads."""
+    if not path.is_file():
+        raise DataError(str(path), "no such file")
+    if splits not in (None, "train"):
+        raise DataError(str(path), "one .jsonl file is the train split; leave out --splits")
+    return Source(str(path), {"train": partial(raw_rows, path)})
+
+
 def distill(args: argparse.Namespace, log=print) -> dict[str, SplitStats]:
     """Run the command line's job; returns the counts of every distilled split, by the
     names the data gives them."""
@@ -166,9 +177,14 @@ def distill(args: argparse.Namespace, log=print) -> dict[str, SplitStats]:
     if args.data is not None and Path(args.data).is_dir():
         if out_dir.resolve() == Path(args.data).resolve():
             raise DataError(args.output, "--output is the input folder; choose another")
-    source = open_source(args.data, args.dataset_config)
+    splits = args.splits
+    if args.data is not None and args.data.endswith(".jsonl"):
+        source, splits = one_file(Path(args.data), splits), "train"
+        log(f"Distilling {args.data} as the train split: {out_dir / 'train.jsonl'}")
+    else:
+        source = open_source(args.data, args.dataset_config)
     features = None if source.own_columns else Features.of(args)
-    splits = chosen_splits(source, args.splits, log)
+    splits = chosen_splits(source, splits, log)
     # Every row is read, and every row to distill checked, before the (slow) model load.
     rows = {name: read() for name, read in source.readers.items()}
     if not any(rows[name] for name in splits):
@@ -221,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="Hub id, mlx-lm folder or .gguf file")
     p.add_argument(
         "--data",
-        help="folder with train/valid/test.jsonl (and any other <split>.jsonl) or Hub dataset "
-        "(default: built-in task)",
+        help="folder with train/valid/test.jsonl (and any other <split>.jsonl), one .jsonl file "
+        "(written as <output>/train.jsonl) or Hub dataset (default: built-in task)",
     )
     p.add_argument("--num-responses", type=int, required=True, help="samples per prompt")
     p.add_argument(
@@ -269,6 +285,8 @@ def default_output(data: str | None) -> str:
         return "distilled"
     if Path(data).is_dir():
         return f"{data.rstrip('/')}-distilled"
+    if data.endswith(".jsonl"):  # prompts.jsonl -> prompts-distilled/train.jsonl beside it
+        return f"{data.removesuffix('.jsonl')}-distilled"
     return f"{data.rstrip('/').rsplit('/', 1)[-1]}-distilled"
 
 

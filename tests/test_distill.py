@@ -8,6 +8,7 @@ import pytest
 from mlx_gft import evaluate
 from mlx_gft.data import load_splits, open_source, read_jsonl
 from mlx_gft.distill import main
+from mlx_gft.formats import Features
 from mlx_gft.models import load_model
 from mlx_gft.sampling import Sample, sample_groups
 from mlx_gft.tasks import arithmetic
@@ -265,3 +266,36 @@ def test_by_default_the_splits_there_are_and_a_note_for_the_others(tmp_path, cap
     with pytest.raises(SystemExit, match="m"):  # the teacher: only a missing model stops it
         main(argv.split())
     assert "Note: no valid split to distill" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_one_jsonl_file_becomes_the_train_split(tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(evaluate, "sample_groups", _echo_sampler)
+    data = tmp_path / "prompts.jsonl"
+    _write(data, _own_columns(3))
+    main(f"--teacher {tiny_model} --data {data} --num-responses 2 {COLUMN_FLAGS}".split())
+    out = tmp_path / "prompts-distilled"  # beside the file, named for it
+    assert [p.name for p in out.iterdir()] == ["train.jsonl"]
+    for row, old in zip(_rows(out / "train.jsonl"), _own_columns(3), strict=True):
+        responses = row.pop("teacher_responses")
+        assert row == old and len(responses) == 2
+    printed = capsys.readouterr().out
+    assert f"Distilling {data} as the train split: {out / 'train.jsonl'}" in printed
+    assert "train: 3 rows, 6 responses written" in printed and "Note:" not in printed
+    # Training reads the output folder as it is, teacher answers and all.
+    columns = Features(prompt="question", completion="solution", answer="final")
+    trained = load_splits(str(out), need=["train"], features=columns)["train"]
+    assert [len(row["teachers"]) for _, row in trained] == [2, 2, 2]
+
+
+def test_one_jsonl_file_errors_name_it(tmp_path):
+    argv = f"--teacher {tmp_path / 'm'} --num-responses 1 {COLUMN_FLAGS}"
+    with pytest.raises(SystemExit, match=r"missing\.jsonl: no such file"):
+        main(f"{argv} --data {tmp_path / 'missing.jsonl'}".split())
+    data = tmp_path / "prompts.jsonl"
+    _write(data, _own_columns(1))
+    with pytest.raises(SystemExit, match=r"prompts\.jsonl: one \.jsonl file is the train split"):
+        main(f"{argv} --data {data} --splits valid".split())
+    _write(data, [*_own_columns(1), {"question": 3}])
+    with pytest.raises(SystemExit, match=r"prompts\.jsonl:2: "):
+        main(f"{argv} --data {data}".split())
