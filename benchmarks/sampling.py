@@ -98,7 +98,11 @@ def run_ours(model, tok, prompts, k, n):
 def run_batch_generate(model, tok, prompts, k, n):
     repeated = [p for p in prompts for _ in range(k)]
     out = batch_generate(
-        model, _NoEos(tok), repeated, max_tokens=n, sampler=make_sampler(temp=1.0),
+        model,
+        _NoEos(tok),
+        repeated,
+        max_tokens=n,
+        sampler=make_sampler(temp=1.0),
         return_token_ids=True,
     )
     return sum(len(t) for t in out.token_ids)
@@ -117,8 +121,11 @@ def run_per_prompt(model, tok, prompts, k, n):
     """mlx-lm-lora's pattern: concurrency capped at the number of prompts B."""
     b = len(prompts)
     gen = BatchGenerator(
-        model, max_tokens=n, sampler=make_sampler(temp=1.0),
-        completion_batch_size=b, prefill_batch_size=b,
+        model,
+        max_tokens=n,
+        sampler=make_sampler(temp=1.0),
+        completion_batch_size=b,
+        prefill_batch_size=b,
     )
     uids = gen.insert([p for p in prompts for _ in range(k)])
     return _drain(gen, uids)
@@ -133,8 +140,11 @@ def run_bg_shared(model, tok, prompts, k, n):
         mx.eval([c.state for c in cache])
         caches.extend([cache] * k)
     gen = BatchGenerator(
-        model, max_tokens=n, sampler=make_sampler(temp=1.0),
-        completion_batch_size=len(caches), prefill_batch_size=len(caches),
+        model,
+        max_tokens=n,
+        sampler=make_sampler(temp=1.0),
+        completion_batch_size=len(caches),
+        prefill_batch_size=len(caches),
     )
     uids = gen.insert([p[-1:] for p in prompts for _ in range(k)], caches=caches)
     return _drain(gen, uids)
@@ -207,10 +217,14 @@ def main() -> None:
     b, k, n = args.prompts, args.group_size, args.max_tokens
     methods = args.methods.split(",")
     print(f"model: {label}")
-    print(f"machine: {platform.machine()}, {platform.system()}, mlx {mx.__version__}, "
-          f"mlx-lm {mlx_lm.__version__}")
-    print(f"B={b} prompts ({[len(p) for p in prompts]} tokens), K={k}, "
-          f"{n} new tokens each (EOS ignored), temperature 1.0, {args.repeats} rounds")
+    print(
+        f"machine: {platform.machine()}, {platform.system()}, mlx {mx.__version__}, "
+        f"mlx-lm {mlx_lm.__version__}"
+    )
+    print(
+        f"B={b} prompts ({[len(p) for p in prompts]} tokens), K={k}, "
+        f"{n} new tokens each (EOS ignored), temperature 1.0, {args.repeats} rounds"
+    )
 
     times: dict[str, list[float]] = {m: [] for m in methods}
     tokens: dict[str, int] = {}
@@ -225,8 +239,10 @@ def main() -> None:
             times[m].append(time.perf_counter() - tic)
 
     # On a shared machine the best round shows the code's speed; the median shows noise.
-    print(f"{'method':<11} {'tokens':>7} {'best s':>7} {'median s':>9} {'tok/s':>8} "
-          f"{'ours/this best':>14} {'ours/this median':>16}")
+    print(
+        f"{'method':<11} {'tokens':>7} {'best s':>7} {'median s':>9} {'tok/s':>8} "
+        f"{'ours/this best':>14} {'ours/this median':>16}"
+    )
     best = {m: tokens[m] / min(times[m]) for m in methods}
     med = {m: tokens[m] / statistics.median(times[m]) for m in methods}
     for m in methods:
@@ -234,8 +250,11 @@ def main() -> None:
         ratios = ""
         if "ours" in methods:
             ratios = f"{best['ours'] / best[m]:14.2f} {med['ours'] / med[m]:16.2f}"
-        print(f"{m:<11} {tokens[m]:>7} {min(times[m]):>7.2f} "
-              f"{statistics.median(times[m]):>9.2f} {best[m]:>8.1f} {ratios}")
+        print(
+            f"{m:<11} {tokens[m]:>7} {min(times[m]):>7.2f} "
+            f"{statistics.median(times[m]):>9.2f} {best[m]:>8.1f} {ratios}"
+        )
+
 
 if __name__ == "__main__":
     main()

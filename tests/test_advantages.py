@@ -29,9 +29,7 @@ def test_variable_group_sizes():
 
 
 def test_scale_none_only_centers_and_batch_scale():
-    np.testing.assert_allclose(
-        np.array(group_advantages([3.0, 1.0], 2, scale="none")), [1.0, -1.0]
-    )
+    np.testing.assert_allclose(np.array(group_advantages([3.0, 1.0], 2, scale="none")), [1.0, -1.0])
     r = np.array([1.0, 0.0, 0.0, 0.0])
     batch = np.array(group_advantages(r, 2, scale="batch"))
     np.testing.assert_allclose(batch[:2], (r[:2] - 0.5) / (r.std(ddof=1) + 1e-6), rtol=1e-5)

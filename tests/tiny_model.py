@@ -39,8 +39,22 @@ CHAT_TEMPLATE = (
 
 _NAMES = ["Tom", "Ann", "Sam", "Lily", "Max", "Eva", "Ben", "Mia", "Leo", "Zoe", "Omar", "Nina"]
 _ITEMS = [
-    "apples", "pens", "books", "coins", "cards", "eggs", "marbles", "stickers",
-    "cookies", "pencils", "flowers", "shells", "stamps", "balloons", "candies", "toys",
+    "apples",
+    "pens",
+    "books",
+    "coins",
+    "cards",
+    "eggs",
+    "marbles",
+    "stickers",
+    "cookies",
+    "pencils",
+    "flowers",
+    "shells",
+    "stamps",
+    "balloons",
+    "candies",
+    "toys",
 ]
 _VERBS_GAIN = ["buys", "finds", "gets", "receives", "wins", "collects"]
 _VERBS_LOSE = ["gives away", "loses", "eats", "sells", "breaks", "uses"]
@@ -132,8 +146,14 @@ def _train_tokenizer(out: Path, vocab_size: int) -> None:
 
 
 def _llama_weights(
-    rng: np.random.Generator, vocab: int, hidden: int, inter: int, layers: int,
-    heads: int, kv_heads: int, logit_scale: float,
+    rng: np.random.Generator,
+    vocab: int,
+    hidden: int,
+    inter: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    logit_scale: float,
 ) -> dict[str, np.ndarray]:
     """Random weights with HF names; linear weights are (out, in) like torch."""
     head_dim = hidden // heads
@@ -181,10 +201,16 @@ def build_tiny_model(
     """
     path = Path(path)
     meta = {
-        "format": _FORMAT_VERSION, "seed": seed, "vocab_size": vocab_size,
-        "num_layers": num_layers, "hidden": hidden, "intermediate": intermediate,
-        "num_heads": num_heads, "num_kv_heads": num_kv_heads,
-        "max_position_embeddings": max_position_embeddings, "logit_scale": logit_scale,
+        "format": _FORMAT_VERSION,
+        "seed": seed,
+        "vocab_size": vocab_size,
+        "num_layers": num_layers,
+        "hidden": hidden,
+        "intermediate": intermediate,
+        "num_heads": num_heads,
+        "num_kv_heads": num_kv_heads,
+        "max_position_embeddings": max_position_embeddings,
+        "logit_scale": logit_scale,
     }
     meta_file = path / "tiny_model_meta.json"
     if meta_file.exists() and json.loads(meta_file.read_text()) == meta:
