@@ -1,6 +1,7 @@
 """Teacher answers for GFT groups: sample a stronger model and write a new dataset folder.
 
     python -m mlx_gft.distill --teacher M --data data/ --num-responses 4 --keep-correct
+    python -m mlx_gft.distill --teacher M --teacher-adapter-path adapters/ ...  # M + LoRA
 
 The data is read as training reads it: a folder of `<split>.jsonl` files (valid.jsonl or
 validation.jsonl, and any other split such as ood.jsonl), a Hub dataset
@@ -195,8 +196,9 @@ def distill(args: argparse.Namespace, log=print) -> dict[str, SplitStats]:
             require_answers(checked)
     if args.temperature == 0 and args.num_responses > 1:
         log("Note: --temperature 0 gives the same answer every time")
-    log(f"Loading teacher {args.teacher}")
-    model, tokenizer = load_model(args.teacher)
+    adapters = f" with adapters {args.teacher_adapter_path}" if args.teacher_adapter_path else ""
+    log(f"Loading teacher {args.teacher}{adapters}")
+    model, tokenizer = load_model(args.teacher, args.teacher_adapter_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = {}
     for split in [*splits, *(name for name in rows if name not in splits)]:
@@ -235,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Add teacher-model answers (teacher_responses) to a dataset for GFT.",
     )
     p.add_argument("--teacher", required=True, help="Hub id, mlx-lm folder or .gguf file")
+    p.add_argument(
+        "--teacher-adapter-path",
+        help="LoRA/DoRA adapters on the teacher (a folder mlx_gft.lora or mlx_lm.lora wrote)",
+    )
     p.add_argument(
         "--data",
         help="folder with train/valid/test.jsonl (and any other <split>.jsonl), one .jsonl file "

@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+from random_adapters import write_random_adapters
 
 from mlx_gft import evaluate
 from mlx_gft.data import load_splits, open_source, read_jsonl
@@ -103,6 +104,29 @@ def test_top_k_1_gives_the_greedy_teacher_answer(tiny_model, arithmetic_data, tm
     greedy = _responses(tmp_path / "greedy")
     assert len(greedy) == 8 and all(len(r) == 1 for r in greedy)
     assert _responses(tmp_path / "top1") == [r * 3 for r in greedy]
+
+
+@pytest.mark.slow
+def test_teacher_adapters_are_loaded(tiny_model, arithmetic_data, tmp_path, capsys):
+    # A user's own fine-tuned adapters as the teacher: its greedy answers are the adapted
+    # model's (as evaluate decodes them), not the base model's.
+    adapters = tmp_path / "adapters"
+    write_random_adapters(tiny_model, adapters)
+    argv = f"--teacher {tiny_model} --data {arithmetic_data} --splits valid --max-tokens 6 "
+    argv += "--temperature 0 --num-responses 1"
+    main(f"{argv} --output {tmp_path / 'base'}".split())
+    main(f"{argv} --teacher-adapter-path {adapters} --output {tmp_path / 'adapted'}".split())
+    assert f"Loading teacher {tiny_model} with adapters {adapters}" in capsys.readouterr().out
+    adapted = _responses(tmp_path / "adapted")
+    assert adapted != _responses(tmp_path / "base")
+    model, tokenizer = load_model(str(tiny_model), str(adapters))
+    rows = load_splits(str(arithmetic_data))["valid"]
+    examples = evaluate.sampling_examples(rows, tokenizer, model)
+    _, greedy = evaluate.score_samples(model, tokenizer, examples, temperature=0.0, max_tokens=6)
+    assert adapted == greedy
+
+    with pytest.raises(SystemExit, match="adapter_config.json: not found"):
+        main(f"{argv} --teacher-adapter-path {tmp_path} --output {tmp_path / 'x'}".split())
 
 
 @pytest.mark.slow

@@ -2,12 +2,9 @@
 
 import json
 
-import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
-from mlx_lm import load
-from mlx_lm.tuner.utils import linear_to_lora_layers
+from random_adapters import write_random_adapters
 
 from mlx_gft import evaluate
 from mlx_gft.data import Example
@@ -238,28 +235,10 @@ def test_cli_rejects_bad_sampling_options(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-def _write_random_adapters(model_path, folder) -> None:
-    """LoRA adapters with random non-zero B (so they change the policy), saved as
-    mlx-lm's load_adapters and mlx_gft.trainer.save_adapters lay them out."""
-    model, _ = load(str(model_path))
-    model.freeze()
-    lora = {"rank": 4, "scale": 20.0, "dropout": 0.0}
-    linear_to_lora_layers(model, 2, lora)
-    rng = np.random.default_rng(0)
-    for _, module in model.named_modules():
-        if "lora_b" in module:
-            module.lora_b = mx.array(rng.standard_normal(module.lora_b.shape).astype(np.float32))
-    folder.mkdir()
-    weights = dict(tree_flatten(model.trainable_parameters()))
-    mx.save_safetensors(str(folder / "adapters.safetensors"), weights)
-    config = {"fine_tune_type": "lora", "num_layers": 2, "lora_parameters": lora}
-    (folder / "adapter_config.json").write_text(json.dumps(config))
-
-
 @pytest.mark.slow
 def test_adapters_change_what_is_evaluated(tiny_model, arithmetic_data, tmp_path, capsys):
     adapters = tmp_path / "adapters"
-    _write_random_adapters(tiny_model, adapters)
+    write_random_adapters(tiny_model, adapters)
     from mlx_gft.data import load_splits
 
     rows = load_splits(str(arithmetic_data))["test"][:4]
@@ -282,7 +261,7 @@ def test_adapters_change_what_is_evaluated(tiny_model, arithmetic_data, tmp_path
 @pytest.mark.slow
 def test_adapters_that_do_not_fit_are_an_error(tiny_model, arithmetic_data, tmp_path):
     adapters = tmp_path / "bad"
-    _write_random_adapters(tiny_model, adapters)
+    write_random_adapters(tiny_model, adapters)
     config = json.loads((adapters / "adapter_config.json").read_text())
     config["lora_parameters"]["rank"] = 8  # the saved matrices have rank 4
     (adapters / "adapter_config.json").write_text(json.dumps(config))
