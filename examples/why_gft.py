@@ -98,12 +98,14 @@ def train_method(name: str, args: argparse.Namespace, seed: int, out: Path) -> d
         stages.append({"loss": "grpo", "iters": args.then_grpo})
     if len(stages) > 1:
         config["stages"] = stages
-    minutes = _train(config, folder, args.reuse, f"{name} (seed {seed})")
-    runs = (
-        {f"{name}: {p.name}": p for p in sorted(folder.glob("[0-9]-*"))}
-        if len(stages) > 1
-        else {name: folder}
-    )
+    record = _train(config, folder, args.reuse, f"{name} (seed {seed})")
+    if len(stages) == 1:
+        return {"runs": {name: folder}, "minutes": {name: record["minutes"]}}
+    runs = {f"{name}: {p.name}": p for p in sorted(folder.glob("[0-9]-*"))}
+    # A stage's row costs the minutes to reach its model (a marker from before stage
+    # minutes were kept gives the whole run's).
+    stage = record["stage_minutes"]
+    minutes = {label: stage.get(p.name, record["minutes"]) for label, p in runs.items()}
     return {"runs": runs, "minutes": minutes}
 
 
@@ -122,18 +124,26 @@ def warm_start(args: argparse.Namespace, seed: int, out: Path) -> None:
     _train(config, out / "warm-start", args.reuse, label)
 
 
-def _train(config: dict, folder: Path, reuse: bool, label: str) -> float:
-    """Train one run, or with --reuse take a finished one from an earlier call: minutes."""
+def _train(config: dict, folder: Path, reuse: bool, label: str) -> dict:
+    """Train one run, or with --reuse take a finished one from an earlier call:
+    {"minutes": the run's, "stage_minutes": {stage folder: minutes from the run's start
+    to the end of that stage}} (a staged run's stages, none for one stage)."""
     done = folder / "why_gft.json"  # written last, so an interrupted run trains again
     if reuse and done.exists():
         print(f"\n=== {label}: reusing {folder} ===", flush=True)
-        return json.loads(done.read_text())["minutes"]
+        return {"stage_minutes": {}, **json.loads(done.read_text())}
     print(f"\n=== {label} ===", flush=True)
-    tic = time.perf_counter()
+    start = time.time()
     run(build_config(**config))
-    minutes = (time.perf_counter() - tic) / 60
-    done.write_text(json.dumps({"minutes": minutes}))
-    return minutes
+    # A stage ends with the last line its metrics.jsonl gets (its final validation):
+    # the minutes it took to reach that stage's model, earlier stages included.
+    ends = {p.parent.name: p.stat().st_mtime for p in folder.glob("[0-9]-*/metrics.jsonl")}
+    record = {
+        "minutes": (time.time() - start) / 60,
+        "stage_minutes": {name: (end - start) / 60 for name, end in sorted(ends.items())},
+    }
+    done.write_text(json.dumps(record))
+    return record
 
 
 def evaluate_on(args: argparse.Namespace, data: Path | None, adapters: Path | None, **kw) -> dict:
@@ -245,7 +255,8 @@ def compare(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
     print(f"\n=== held-out evaluation (seed {seed}) ===", flush=True)
     for out_ in trained.values():
         for label, folder in out_["runs"].items():
-            row = {**_series_stats(folder), "minutes": out_["minutes"], "folder": str(folder)}
+            minutes = out_["minutes"][label]
+            row = {**_series_stats(folder), "minutes": minutes, "folder": str(folder)}
             if args.eval_samples:
                 row.update(held_out(args, folder, seed, out))
             rows[label] = row

@@ -68,6 +68,10 @@ def test_why_gft_writes_the_table_and_plots(tiny_model, tmp_path):
             capitals = _jsonl(SCRIPT.parent / "data" / "capitals" / "test.jsonl")
             assert float(r["capitals"] * len(capitals)).is_integer()
 
+    # A stage's row costs the minutes to reach its model: they grow along the pipeline.
+    stages = [per_seed[0][f"sft+gft: {s}"]["minutes"] for s in ("1-sft", "2-gft", "3-grpo")]
+    assert 0 < stages[0] < stages[1] < stages[2], stages
+
     data = out / "seed1" / "data"
     train, test = _jsonl(data / "train.jsonl"), _jsonl(data / "test.jsonl")
     warm = _jsonl(out / "seed1" / "data_warm" / "train.jsonl")
