@@ -20,6 +20,8 @@ than it trained on (`--ood-level`, built-in task); and on a task nobody trains o
     python examples/why_gft.py --then-grpo 10          # and GRPO after SFT vs after GFT
     python examples/why_gft.py --methods sft,sft+gft   # SFT vs SFT -> GFT, same steps
     python examples/why_gft.py --methods sft@60,gft    # SFT with 60 iterations (equal time)
+    python examples/why_gft.py --score-every 10        # and each run at 10, 20, ...
+                                                       # iterations: its best step count
     python examples/why_gft.py --warm-start 10 --train-size 32 --iters 40 --seeds 0,1,2
                     # the paper's regime in miniature: an SFT-warmed start that already
                     # solves a fair share, many epochs over a small set, three seeds
@@ -33,6 +35,7 @@ Writes <out>/[seed<s>/]<method>/ (adapters, metrics.jsonl), <out>/plots/*.png an
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -98,15 +101,43 @@ def train_method(name: str, args: argparse.Namespace, seed: int, out: Path) -> d
         stages.append({"loss": "grpo", "iters": args.then_grpo})
     if len(stages) > 1:
         config["stages"] = stages
+    elif args.score_every:
+        config["save_every"] = args.score_every
     record = _train(config, folder, args.reuse, f"{name} (seed {seed})")
     if len(stages) == 1:
-        return {"runs": {name: folder}, "minutes": {name: record["minutes"]}}
+        found = {"runs": {name: folder}, "minutes": {name: record["minutes"]}}
+        found["checkpoints"] = checkpoints(name, folder, iters, args.score_every, record)
+        return found
     runs = {f"{name}: {p.name}": p for p in sorted(folder.glob("[0-9]-*"))}
     # A stage's row costs the minutes to reach its model (a marker from before stage
     # minutes were kept gives the whole run's).
     stage = record["stage_minutes"]
     minutes = {label: stage.get(p.name, record["minutes"]) for label, p in runs.items()}
     return {"runs": runs, "minutes": minutes}
+
+
+def checkpoints(name: str, folder: Path, iters: int, every: int, record: dict) -> dict:
+    """With --score-every N, a one-stage run's checkpoints at N, 2N, ... as runs of their
+    own: {'gft@10': {"adapters": a folder with them, "minutes": to reach them, "upto": 10}}.
+    The learning
+    rate is constant here, so the checkpoint at N is the model an N-iteration run trains:
+    each method can be compared at its own best step count."""
+    found = {}
+    if not every:
+        return found
+    method = name.partition("@")[0]
+    end = (folder / "why_gft.json").stat().st_mtime  # written when the run finished
+    for n in range(every, iters, every):
+        saved = folder / f"{n:07d}_adapters.safetensors"
+        if not saved.exists():  # a run from before --score-every, kept by --reuse
+            continue
+        at = folder / f"at-{n}"
+        at.mkdir(exist_ok=True)
+        shutil.copy(folder / "adapter_config.json", at)
+        shutil.copy(saved, at / "adapters.safetensors")
+        minutes = record["minutes"] - (end - saved.stat().st_mtime) / 60
+        found[f"{method}@{n}"] = {"adapters": at, "minutes": minutes, "upto": n}
+    return found
 
 
 def warm_start(args: argparse.Namespace, seed: int, out: Path) -> None:
@@ -205,8 +236,11 @@ def write_task(args: argparse.Namespace, seed: int, out: Path) -> None:
                 f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
-def _series_stats(folder: Path) -> dict:
+def _series_stats(folder: Path, upto: int | None = None) -> dict:
+    """The run's training curves summed up; with `upto`, up to that iteration only."""
     s = read_metrics(folder)
+    if upto is not None:
+        s = {metric: [(i, v) for i, v in points if i <= upto] for metric, points in s.items()}
 
     def last(metric):
         return s[metric][-1][1] if s.get(metric) else float("nan")
@@ -254,11 +288,20 @@ def compare(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
     trained = {m: train_method(m, args, seed, out) for m in args.methods.split(",")}
     print(f"\n=== held-out evaluation (seed {seed}) ===", flush=True)
     for out_ in trained.values():
-        for label, folder in out_["runs"].items():
-            minutes = out_["minutes"][label]
-            row = {**_series_stats(folder), "minutes": minutes, "folder": str(folder)}
+        scored = {
+            label: {"folder": folder, "adapters": folder, "minutes": out_["minutes"][label]}
+            for label, folder in out_["runs"].items()
+        }
+        # A checkpoint a run of that length already gives (gft@10 beside gft's checkpoint
+        # at 10) is the same model: scored once.
+        for label, ck in out_.get("checkpoints", {}).items():
+            if label not in trained:
+                scored[label] = {"folder": next(iter(out_["runs"].values())), **ck}
+        for label, s in sorted(scored.items(), key=lambda x: x[1].get("upto", 1e9)):
+            row = {**_series_stats(s["folder"], s.get("upto")), "minutes": s["minutes"]}
+            row["folder"] = str(s["adapters"])
             if args.eval_samples:
-                row.update(held_out(args, folder, seed, out))
+                row.update(held_out(args, s["adapters"], seed, out))
             rows[label] = row
             print(f"{label} (seed {seed}): {_brief(row)}", flush=True)
     # One curve per method: a staged method's stages joined end to end.
@@ -402,6 +445,13 @@ def main() -> None:
     ap.add_argument("--test-problems", type=int, default=64)
     ap.add_argument(
         "--eval-samples", type=int, default=4, help="k of avg@k after training, 0 to skip"
+    )
+    ap.add_argument(
+        "--score-every",
+        type=int,
+        default=0,
+        help="also score each one-stage run's checkpoints every N iterations, to compare "
+        "each method at its best step count (e.g. SFT over-fits a small set early)",
     )
     ap.add_argument("--then-grpo", type=int, default=0, help="GRPO iterations after SFT / GFT")
     ap.add_argument(

@@ -110,3 +110,30 @@ def test_why_gft_writes_the_table_and_plots(tiny_model, tmp_path):
     assert kept.stat().st_mtime_ns == before
     rerun = json.loads((out / "seed0" / "summary.json").read_text())
     assert rerun["sft+gft: 2-gft"]["minutes"] == per_seed[0]["sft+gft: 2-gft"]["minutes"]
+
+
+def test_score_every_scores_each_run_at_its_checkpoints(tiny_model, tmp_path):
+    import mlx.core as mx
+
+    out = tmp_path / "why"
+    cmd = [sys.executable, str(SCRIPT), "--model", str(tiny_model), "--iters", "2"]
+    cmd += ["--test-problems", "4", "--eval-samples", "1", "--num-layers", "-1", "--no-base"]
+    cmd += ["--train-size", "8", "--wrong-experts", "0", "--ood-level", "0", "--no-forgetting"]
+    cmd += ["--methods", "gft@3,sft,sft@1", "--score-every", "1", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # Each run's checkpoints are rows of their own, before the run; sft's checkpoint at 1
+    # is the sft@1 run's model, scored once.
+    body = [r[0] for r in _rows(out / "summary.md")[2:]]
+    assert body == ["gft@1", "gft@2", "gft@3", "sft", "sft@1"], body
+    found = json.loads((out / "summary.json").read_text())
+    assert found["gft@1"]["minutes"] < found["gft@2"]["minutes"] < found["gft@3"]["minutes"]
+    # Constant learning rate: the checkpoint at 1 is what a 1-iteration run trains.
+    at_1 = mx.load(str(out / "sft" / "at-1" / "adapters.safetensors"))
+    run_1 = mx.load(str(out / "sft@1" / "adapters.safetensors"))
+    assert at_1.keys() == run_1.keys()
+    assert all(mx.array_equal(at_1[k], run_1[k]) for k in at_1)
+    # A checkpoint row's curves stop at its iteration.
+    assert found["gft@1"]["kl_to_base"] != found["gft@3"]["kl_to_base"]
+    assert found["gft@1"]["folder"].endswith("gft@3/at-1")
