@@ -118,10 +118,10 @@ def train_method(name: str, args: argparse.Namespace, seed: int, out: Path) -> d
 
 def checkpoints(name: str, folder: Path, iters: int, every: int, record: dict) -> dict:
     """With --score-every N, a one-stage run's checkpoints at N, 2N, ... as runs of their
-    own: {'gft@10': {"adapters": a folder with them, "minutes": to reach them, "upto": 10}}.
-    The learning
-    rate is constant here, so the checkpoint at N is the model an N-iteration run trains:
-    each method can be compared at its own best step count."""
+    own: {'gft@10': {"folder": the run, "adapters": a folder with the checkpoint,
+    "minutes": to reach it, "upto": 10}}. The learning rate is constant here, so the
+    checkpoint at N is the model an N-iteration run trains: each method can be compared
+    at its own best step count."""
     found = {}
     if not every:
         return found
@@ -136,7 +136,7 @@ def checkpoints(name: str, folder: Path, iters: int, every: int, record: dict) -
         shutil.copy(folder / "adapter_config.json", at)
         shutil.copy(saved, at / "adapters.safetensors")
         minutes = record["minutes"] - (end - saved.stat().st_mtime) / 60
-        found[f"{method}@{n}"] = {"adapters": at, "minutes": minutes, "upto": n}
+        found[f"{method}@{n}"] = {"folder": folder, "adapters": at, "minutes": minutes, "upto": n}
     return found
 
 
@@ -288,16 +288,14 @@ def compare(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
     trained = {m: train_method(m, args, seed, out) for m in args.methods.split(",")}
     print(f"\n=== held-out evaluation (seed {seed}) ===", flush=True)
     for out_ in trained.values():
-        scored = {
-            label: {"folder": folder, "adapters": folder, "minutes": out_["minutes"][label]}
-            for label, folder in out_["runs"].items()
-        }
-        # A checkpoint a run of that length already gives (gft@10 beside gft's checkpoint
-        # at 10) is the same model: scored once.
-        for label, ck in out_.get("checkpoints", {}).items():
-            if label not in trained:
-                scored[label] = {"folder": next(iter(out_["runs"].values())), **ck}
-        for label, s in sorted(scored.items(), key=lambda x: x[1].get("upto", 1e9)):
+        # Checkpoints first, in order, then the run. A checkpoint a run of that length
+        # already gives (gft@10 beside gft's checkpoint at 10) is the same model: scored once.
+        early = out_.get("checkpoints", {}).items()
+        scored = {label: ck for label, ck in early if label not in trained}
+        for label, folder in out_["runs"].items():
+            minutes = out_["minutes"][label]
+            scored[label] = {"folder": folder, "adapters": folder, "minutes": minutes}
+        for label, s in scored.items():
             row = {**_series_stats(s["folder"], s.get("upto")), "minutes": s["minutes"]}
             row["folder"] = str(s["adapters"])
             if args.eval_samples:
