@@ -19,12 +19,12 @@ than it trained on (`--ood-level`, built-in task); and on a task nobody trains o
     python examples/why_gft.py --methods sft,dft,gft   # and DFT
     python examples/why_gft.py --then-grpo 10          # and GRPO after SFT vs after GFT
     python examples/why_gft.py --methods sft,sft+gft   # SFT vs SFT -> GFT, same steps
-    python examples/why_gft.py --methods sft@60,gft    # SFT with 60 iterations (equal time)
+    python examples/why_gft.py --methods sft@60,gft    # SFT with its own count, 60 iterations
     python examples/why_gft.py --score-every 10        # and each run at 10, 20, ...
                                                        # iterations: its best step count
-    python examples/why_gft.py --warm-start 10 --train-size 32 --iters 40 --seeds 0,1,2
-                    # the paper's regime in miniature: an SFT-warmed start that already
-                    # solves a fair share, many epochs over a small set, three seeds
+    python examples/why_gft.py --warm-start 6 --train-size 16 --wrong-experts 0 --seeds 0,1,2
+                    # the paper's regime in miniature (docs/learning.md): an SFT-warmed
+                    # start that already solves a fair share, 5 epochs of 16 problems
     python examples/why_gft.py --model M --data D --iters 200
     python examples/why_gft.py ... --reuse             # after an interruption: keep the
                                                        # runs that finished, train the rest
@@ -388,12 +388,14 @@ def family(label: str) -> str | None:
 def verdict(per_seed: dict[int, dict[str, dict]], k: int, margin: float = 0.03) -> str:
     """The best GFT-family run against the best SFT-family run on held-out avg@k, said
     plainly: a gap counts only when it is at least `margin` and larger than either run's
-    spread over the seeds (half the range), and never on one seed."""
+    spread over the seeds (half the range), and never on one seed. A run counts only if
+    every seed scored it: a mean over fewer seeds is not comparable (--reuse can mix runs
+    made with and without --score-every)."""
     best = {}
     for label in next(iter(per_seed.values())):
         found = [r[label] for r in per_seed.values() if "avg_at_k" in r.get(label, {})]
         values = [r["avg_at_k"] for r in found]
-        if family(label) and values:
+        if family(label) and values and len(values) == len(per_seed):
             mean, spread = statistics.fmean(values), (max(values) - min(values)) / 2
             if family(label) not in best or mean > best[family(label)][1]:
                 stderr = found[0].get("avg_stderr", float("nan"))

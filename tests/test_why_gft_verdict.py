@@ -80,3 +80,12 @@ def test_verdict_on_one_seed_or_one_family():
     runs[0]["gft"]["avg_at_k"] = 0.55
     assert "(+5.0 points) is within twice" in why_gft.verdict(runs, 4)
     assert why_gft.verdict(_runs(sft=[0.5, 0.6], grpo=[0.9, 0.9]), 4) == ""
+
+
+def test_verdict_skips_a_run_not_scored_on_every_seed():
+    # gft@10 scored on seed 0 only (0.99) must not beat gft's mean over both seeds.
+    runs = _runs(sft=[0.80, 0.80], gft=[0.70, 0.72])
+    runs[0]["gft@10"] = {"avg_at_k": 0.99}
+    line = why_gft.verdict(runs, 4)
+    assert "GFT-family run gft: avg@4 71.0%" in line and "gft@10" not in line
+    assert line.endswith("SFT ahead by 9.0 points (spread ±1.0).")
