@@ -395,7 +395,7 @@ def verdict(per_seed: dict[int, dict[str, dict]], k: int, margin: float = 0.03) 
     for label in next(iter(per_seed.values())):
         found = [r[label] for r in per_seed.values() if "avg_at_k" in r.get(label, {})]
         values = [r["avg_at_k"] for r in found]
-        if family(label) and values and len(values) == len(per_seed):
+        if family(label) and len(values) == len(per_seed):
             mean, spread = statistics.fmean(values), (max(values) - min(values)) / 2
             if family(label) not in best or mean > best[family(label)][1]:
                 stderr = found[0].get("avg_stderr", float("nan"))
