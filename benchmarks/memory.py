@@ -14,12 +14,18 @@ own process, so one's cached buffers do not count against the next:
   defaults (micro-batches of batch_size rows, one after another; LM head in chunks;
   each group's prompt run once per micro-batch for all its rows there);
 - gft-unshared: the same with --no-shared-prompt (every row runs its own prompt).
+- grpo-kl: GRPO with --kl-coef 0.05 and --updates-per-batch 2 on the same rows: the
+  old-policy and base log-probs (`rollout.reference_logprobs`, micro-batched as the
+  update is), then the two updates;
+- grpo-kl-one-pass: the same, with each reference forward over the whole batch in one
+  call (what the reference forwards did before they were micro-batched).
 
     python benchmarks/memory.py                          # Qwen2.5-0.5B shape, 2 layers
     python benchmarks/memory.py --layers 24 --repeats 1  # the whole model
     python benchmarks/memory.py --shape llama-3.2-1b --layers 2
     python benchmarks/memory.py --variants loglik-bare,loglik-ours,loglik-unchunked
     python benchmarks/memory.py --prompt-len 356 --variants gft-unshared,gft-default
+    python benchmarks/memory.py --variants gft-default,grpo-kl,grpo-kl-one-pass
 """
 
 import argparse
@@ -53,6 +59,7 @@ SHAPES = {
     ),
 }  # fmt: skip
 VARIANTS = ("mlx_lm-sft-step", "gft-one-pass", "gft-default", "gft-unshared")
+GRPO = ("grpo-kl", "grpo-kl-one-pass")
 # The log-prob path alone (no loss, no optimizer), on batch_size rows: value_and_grad of
 # the answers' summed log-likelihood from the model's full logits, against the same sum
 # from `token_logprobs` (LM head from the first answer position, chunked past 2**27).
@@ -124,6 +131,35 @@ def child(args) -> dict:
         def run():
             mx.eval(value_and_grad(model))
 
+    elif args.variant in GRPO:
+        from mlx_gft.logprobs import token_logprobs
+        from mlx_gft.models import adapters_disabled, eval_mode
+        from mlx_gft.rollout import reference_logprobs
+
+        config = build_config(
+            num_layers=-1, batch_size=args.batch, loss="grpo", kl_coef=0.05, updates_per_batch=2
+        )
+        start = response_start(mask)
+        mask = mask[:, start:]
+        adv = mx.array(rng.standard_normal(rows).astype(np.float32))
+        stepper = Stepper(model, optim.AdamW(learning_rate=1e-5), config)
+        sizes = [args.group_size + 1] * (rows // (args.group_size + 1))
+
+        def references():
+            if args.variant == GRPO[0]:
+                return reference_logprobs(model, tokens, start, config, mx.zeros(mask.shape))
+            with eval_mode(model):  # the whole batch in one call, each
+                old = mx.stop_gradient(token_logprobs(model, tokens, start=start)[0])
+                mx.eval(old)
+                with adapters_disabled(model):
+                    base = token_logprobs(model, tokens, start=start)[0]
+                mx.eval(base)
+            return old, base
+
+        def run():
+            old, base = references()
+            run_updates(stepper, sizes, start, (tokens, mask, adv, old, base), config)
+
     else:
         if args.variant == VARIANTS[1]:
             logprobs.CHUNK_ELEMENTS = 2**62  # the whole logits tensor at once
@@ -174,7 +210,7 @@ def main():
     ap.add_argument("--answer-len", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured steps first")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"of {VARIANTS + GRPO}")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:

@@ -4,8 +4,10 @@ everything that is not the update."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
+import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
@@ -79,6 +81,44 @@ def setup_trainable(model: nn.Module, config: TrainConfig) -> None:
         linear_to_lora_layers(model, config.num_layers, lora, config.fine_tune_type == "dora")
     if config.resume_adapter_file:
         model.load_weights(config.resume_adapter_file, strict=False)
+
+
+def checkpoint_layers(model: nn.Module) -> None:
+    """--grad-checkpoint: every layer of `model` keeps only its inputs and recomputes its
+    activations in the backward, as mlx_lm.lora's grad_checkpoint does. Unlike that one,
+    it changes this model's layers only (each becomes a subclass of its own class that
+    says so), not every instance of the layer class in the process."""
+    for layer in model.layers:
+        if not recomputed_in_backward(layer):
+            layer.__class__ = _checkpointed(type(layer))
+
+
+@cache
+def _checkpointed(cls: type) -> type:
+    forward = cls.__call__
+
+    def __call__(self, *args, **kwargs):
+        def inner(params, *args, **kwargs):
+            self.update(params)
+            return forward(self, *args, **kwargs)
+
+        return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+
+    return type(cls.__name__, (cls,), {"__call__": __call__, "recomputed_in_backward": True})
+
+
+def recomputed_in_backward(layer: nn.Module) -> bool:
+    """Whether `layer`'s forward may run twice per step: ours checkpointed, or its
+    `__call__` replaced from outside its class (mlx_lm's grad_checkpoint, or any other
+    wrapper), told by the function's qualified name, which Python sets where a function
+    is defined. A forward that replays must not update a cache it shares."""
+    cls = type(layer)
+    if getattr(cls, "recomputed_in_backward", False):
+        return True
+    owner = next((c for c in cls.__mro__ if "__call__" in vars(c)), None)
+    if owner is None:
+        return False
+    return getattr(vars(owner)["__call__"], "__qualname__", "") != f"{owner.__qualname__}.__call__"
 
 
 def _adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:

@@ -19,6 +19,7 @@ from .methods import method
 from .models import adapters_disabled, eval_mode
 from .reward_batches import TrainerState
 from .sampling import sample_groups
+from .step import micro_batch_rows
 
 
 @dataclass
@@ -157,15 +158,25 @@ def training_arrays(model, tokenizer, groups: Groups, adv: mx.array, config: Tra
 
 def reference_logprobs(model, tokens: mx.array, start: int, config: TrainConfig, zeros):
     """GRPO's old-policy and base log-probs (zeros where the loss needs none), taken
-    without dropout."""
+    without dropout, `micro_batch_rows` rows at a time as the update runs them, so their
+    peak memory is one micro-batch's too."""
     old_lp = base_lp = zeros
     with eval_mode(model):
         if config.updates_per_batch > 1:
             # The ratio's denominator: the policy that sampled, before this batch's updates
             # (with one update per batch the loss takes it from the current forward).
-            old_lp = token_logprobs(model, tokens, config.temperature, start=start)[0]
-            old_lp = mx.stop_gradient(old_lp)
+            old_lp = _logprobs_in_parts(model, tokens, start, config)
         if config.kl_coef:
             with adapters_disabled(model):
-                base_lp = token_logprobs(model, tokens, config.temperature, start=start)[0]
+                base_lp = _logprobs_in_parts(model, tokens, start, config)
     return old_lp, base_lp
+
+
+def _logprobs_in_parts(model, tokens: mx.array, start: int, config: TrainConfig) -> mx.array:
+    rows = micro_batch_rows(config, tokens.shape[1])
+    parts = []
+    for i in range(0, tokens.shape[0], rows):
+        lp = token_logprobs(model, tokens[i : i + rows], config.temperature, start=start)[0]
+        mx.eval(lp)  # before the next part is built
+        parts.append(lp)
+    return mx.stop_gradient(mx.concatenate(parts))

@@ -22,11 +22,13 @@ from .config import TrainConfig
 from .logprobs import (
     prompt_spans,
     shared_prompt_logprobs,
+    split_head,
     token_logprobs,
     why_prompts_cannot_be_shared,
 )
 from .methods import method
 from .metrics import StepStats, iteration_metrics
+from .models import checkpoint_layers
 
 
 class TrainingStopped(RuntimeError):
@@ -148,9 +150,7 @@ class Stepper:
         self.model, self.optimizer, self.config = model, optimizer, config
         self.ranks = ranks  # an mx.distributed group: gradients are summed over its ranks
         if config.grad_checkpoint:
-            from mlx_lm.tuner.trainer import grad_checkpoint
-
-            grad_checkpoint(model.layers[0])
+            checkpoint_layers(model)
         state = [model.state, mx.random.state]
         loss = make_loss(config)
         # The model is captured, not passed: compile would see it as a plain dict of arrays.
@@ -166,7 +166,15 @@ class Stepper:
         )
         self.shared = config.shared_prompt and method(config).samples
         reason = why_prompts_cannot_be_shared(model) if self.shared else None
-        if reason:
+        if split_head(model) is None:
+            self.shared = False
+            log(
+                f"Note: {getattr(model, 'model_type', type(model).__name__)} is not among the "
+                "architectures whose LM head runs apart from the layers (logprobs.AFTER_HEAD): "
+                "the update takes logits at every position, prompt included, in one piece, "
+                "and every answer runs its own prompt."
+            )
+        elif reason:
             self.shared = False
             log(f"Note: every answer runs its own prompt in the update: {reason}.")
         self.skipped = 0

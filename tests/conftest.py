@@ -60,3 +60,22 @@ def batch_joins(monkeypatch) -> list:
         sampling._LiveBatch, "extend", lambda self, o: joins.append(1) or extend(self, o)
     )
     return joins
+
+
+@pytest.fixture
+def passes(monkeypatch) -> dict:
+    """How many times each fast path ran: the shared-prompt pass and the chunked head."""
+    from mlx_gft import logprobs, step
+
+    counts = {"shared": 0, "chunked": 0}
+
+    def spy(name, module, function):
+        def counted(*args, **kwargs):
+            counts[name] += 1
+            return function(*args, **kwargs)
+
+        monkeypatch.setattr(module, function.__name__, counted)
+
+    spy("shared", step, step.shared_prompt_logprobs)
+    spy("chunked", logprobs, logprobs.chunked_logprobs)
+    return counts

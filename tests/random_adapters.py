@@ -6,9 +6,17 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm import load
 from mlx_lm.tuner.utils import linear_to_lora_layers
+
+
+def perturb_trainable(model, seed: int = 1, scale: float = 0.05) -> None:
+    """Add seeded noise to every trainable parameter: LoRA B is no longer zero, so the
+    adapters (and DoRA's magnitudes) shape the forward and every gradient is non-zero."""
+    mx.random.seed(seed)
+    params = tree_flatten(model.trainable_parameters())
+    model.update(tree_unflatten([(k, v + scale * mx.random.normal(v.shape)) for k, v in params]))
 
 
 def write_random_adapters(model_path: Path, folder: Path) -> None:

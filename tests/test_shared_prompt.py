@@ -6,13 +6,20 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 from mlx_lm import load
+from random_adapters import perturb_trainable
 
 from mlx_gft.config import build_config
 from mlx_gft.groups import pad_batch, response_start
-from mlx_gft.logprobs import prompt_spans, shared_prompt_logprobs, shares_prompts, token_logprobs
-from mlx_gft.models import setup_trainable
+from mlx_gft.logprobs import (
+    prompt_spans,
+    shared_prompt_logprobs,
+    shares_prompts,
+    token_logprobs,
+    why_prompts_cannot_be_shared,
+)
+from mlx_gft.models import checkpoint_layers, recomputed_in_backward, setup_trainable
 from mlx_gft.step import Stepper, make_loss
 
 pytestmark = pytest.mark.slow
@@ -60,6 +67,19 @@ def test_shared_log_probs_equal_the_plain_pass(tiny_model, fine_tune_type):
     np.testing.assert_allclose(np.array(shared_ent * mask), np.array(plain_ent * mask), atol=1e-5)
 
 
+def _loss_and_grad(tiny_model, config):
+    """(model, step, start, batch, spans): the tiny model with perturbed adapters, and
+    step(start, *batch, spans=None) its loss and gradients for `_groups(seed=3)`."""
+    model, _ = load(str(tiny_model))
+    setup_trainable(model, config)
+    perturb_trainable(model)
+    start, batch = _groups(seed=3)
+    spans = prompt_spans(batch[0], batch[1], start)
+    loss = make_loss(config)
+    step = nn.value_and_grad(model, lambda *a, spans=None: loss(model, *a, spans=spans))
+    return model, step, start, batch, spans
+
+
 @pytest.mark.parametrize("fine_tune_type", ["lora", "dora"])
 @pytest.mark.parametrize(
     "options",
@@ -73,17 +93,8 @@ def test_shared_log_probs_equal_the_plain_pass(tiny_model, fine_tune_type):
     ids=["gft", "sft", "dft", "grpo-old-and-kl", "grpo-dr"],
 )
 def test_shared_loss_and_gradients_equal_the_plain_pass(tiny_model, fine_tune_type, options):
-    model, _ = load(str(tiny_model))
     config = build_config(num_layers=-1, fine_tune_type=fine_tune_type, **options)
-    setup_trainable(model, config)
-    # Non-zero LoRA B, so the adapters (and DoRA's magnitudes) shape the forward too.
-    mx.random.seed(1)
-    params = tree_flatten(model.trainable_parameters())
-    model.update(tree_unflatten([(k, v + 0.05 * mx.random.normal(v.shape)) for k, v in params]))
-    start, batch = _groups(seed=3)
-    spans = prompt_spans(batch[0], batch[1], start)
-    loss = make_loss(config)
-    step = nn.value_and_grad(model, lambda *a, spans=None: loss(model, *a, spans=spans))
+    model, step, start, batch, spans = _loss_and_grad(tiny_model, config)
     (plain, plain_stats), plain_grads = step(start, *batch)
     (shared, shared_stats), shared_grads = step(start, *batch, spans=spans)
     assert abs(plain.item() - shared.item()) <= 1e-5
@@ -98,12 +109,13 @@ def test_shared_loss_and_gradients_equal_the_plain_pass(tiny_model, fine_tune_ty
     assert scale > 1e-3 and worst <= 1e-5 * max(1.0, scale), (worst, scale)
 
 
-def test_an_update_with_shared_prompts_equals_the_plain_one(tiny_model):
+def test_an_update_with_shared_prompts_equals_the_plain_one(tiny_model, passes):
     """Micro-batches of 2 rows split each 3-answer group: a split group's prompt runs
     once per micro-batch, and the update is still the plain one."""
     start, batch = _groups(seed=5)
     weights = []
     for shared in (False, True):
+        assert passes["shared"] == 0  # the plain run (first) never takes the shared pass
         model, _ = load(str(tiny_model))
         config = build_config(num_layers=-1, micro_batch_size=2, shared_prompt=shared)
         mx.random.seed(0)  # the same LoRA initialisation for both
@@ -113,6 +125,9 @@ def test_an_update_with_shared_prompts_equals_the_plain_one(tiny_model):
         stats = stepper.update(micro, start)
         assert stats.skipped == 0 and stats.response_tokens > 0
         weights.append(dict(tree_flatten(model.trainable_parameters())))
+    # One shared pass per micro-batch: [0, 1] and [4, 5] hold two rows of one prompt; in
+    # [2, 3] row 2 is masked out, so row 3 is its only span.
+    assert passes["shared"] == 3
     moved = max(np.abs(np.array(weights[0][k])).max() for k in weights[0] if "lora_b" in k)
     assert moved > 1e-3  # the update did something worth comparing
     for k in weights[0]:
@@ -140,18 +155,99 @@ def test_architectures_without_plain_caches_fall_back_with_a_notice(tiny_model, 
     ]
 
 
-def test_grad_checkpoint_turns_sharing_off_with_a_notice(tiny_model, monkeypatch):
-    """mlx_lm's grad_checkpoint recomputes each layer in the backward, which would replay
-    the shared pass's cache: the update runs unshared (and stays right)."""
-    model, _ = load(str(tiny_model))
-    layer_class = type(model.layers[0])
-    # grad_checkpoint patches the class for the whole process: undo it after the test.
-    monkeypatch.setattr(layer_class, "__call__", layer_class.__call__)
-    lines = []
-    config = build_config(num_layers=-1, grad_checkpoint=True)
-    stepper = Stepper(model, optim.SGD(learning_rate=0.1), config, log=lines.append)
-    assert not stepper.shared and not shares_prompts(model)
+def test_grad_checkpoint_turns_sharing_off_with_a_notice(tiny_model, passes):
+    """A checkpointed layer recomputes its forward in the backward, which would replay
+    the shared pass's cache update: the update runs unshared, and equals the update
+    without checkpointing."""
+    start, batch = _groups(seed=5)
+    weights, lines = [], []
+    for checkpoint in (False, True):
+        model, _ = load(str(tiny_model))
+        config = build_config(num_layers=-1, micro_batch_size=6, grad_checkpoint=checkpoint)
+        mx.random.seed(0)
+        setup_trainable(model, config)
+        stepper = Stepper(model, optim.SGD(learning_rate=0.5), config, log=lines.append)
+        assert stepper.shared != checkpoint and shares_prompts(model) != checkpoint
+        stepper.update([batch], start)
+        weights.append(dict(tree_flatten(model.trainable_parameters())))
+    assert passes["shared"] == 1  # the run without checkpointing
     assert lines == [
         "Note: every answer runs its own prompt in the update: "
         "--grad-checkpoint recomputes the layers."
     ]
+    for k in weights[0]:
+        np.testing.assert_allclose(np.array(weights[0][k]), np.array(weights[1][k]), atol=1e-5)
+
+
+def test_checkpointing_changes_this_models_layers_only(tiny_model):
+    first, _ = load(str(tiny_model))
+    second, _ = load(str(tiny_model))
+    checkpoint_layers(first)
+    assert all(recomputed_in_backward(layer) for layer in first.layers)
+    assert not any(recomputed_in_backward(layer) for layer in second.layers)
+    assert shares_prompts(second) and not shares_prompts(first)
+    tokens = mx.array([[5, 6, 7, 8, 9]])
+    np.testing.assert_allclose(np.array(first(tokens)), np.array(second(tokens)), atol=1e-6)
+
+
+@pytest.mark.parametrize("wrapper", ["mlx_lm", "renamed"])
+def test_any_wrapper_of_a_layers_forward_turns_sharing_off(tiny_model, monkeypatch, wrapper):
+    """Not only our own checkpointing: mlx_lm's grad_checkpoint, under whatever name its
+    wrapper has, or any function put in place of a layer's forward."""
+    from mlx_lm.tuner.trainer import grad_checkpoint
+
+    model, _ = load(str(tiny_model))
+    layer_class = type(model.layers[0])
+    # Both patch the class for the whole process: undo it after the test.
+    monkeypatch.setattr(layer_class, "__call__", layer_class.__call__)
+    assert shares_prompts(model)
+    if wrapper == "mlx_lm":
+        grad_checkpoint(model.layers[0])
+    else:
+        forward = layer_class.__call__
+
+        def layer_forward(self, *args, **kwargs):  # a name nobody looks for
+            return forward(self, *args, **kwargs)
+
+        layer_class.__call__ = layer_forward
+    assert recomputed_in_backward(model.layers[0])
+    assert why_prompts_cannot_be_shared(model) == "--grad-checkpoint recomputes the layers"
+
+
+class _KeyedNoise(nn.Module):
+    """Stands in for LoRA dropout: a mask in [0.5, 1.5] (constant to the gradient, as
+    dropout's is) that is a function of the input, so equal activations get equal masks,
+    as one shared dropout mask gives. Slowly varying, so float32 rounding between the
+    two passes is not amplified from layer to layer."""
+
+    def __call__(self, x):
+        return x * mx.stop_gradient(1.0 + 0.5 * mx.sin(x / (1.0 + mx.abs(x))))
+
+
+def test_lora_dropout_differs_only_by_one_mask_per_prompt(tiny_model):
+    """With LoRA dropout the shared pass draws the prompt's dropout mask once for all
+    the rows of a group, where the plain pass draws one per row: an estimate of the
+    same expected gradient with correlated noise. With noise that depends only on the
+    activations (so every row's copy of the prompt gets the same, as in the shared
+    pass), the two passes give the same gradient: the mask is the only difference."""
+    lora = {"rank": 8, "scale": 20.0, "dropout": 0.3}
+    config = build_config(num_layers=-1, lora_parameters=lora)
+    model, step, start, batch, spans = _loss_and_grad(tiny_model, config)
+
+    def gradients(spans):
+        grads = step(start, *batch, spans=spans)[1]
+        return {k: np.array(g) for k, g in tree_flatten(grads)}
+
+    model.train()
+    mx.random.seed(2)
+    plain = gradients(None)
+    mx.random.seed(2)
+    shared = gradients(spans)
+    assert max(np.abs(plain[k] - shared[k]).max() for k in plain) > 1e-3  # real dropout
+    for _, module in model.named_modules():
+        if "dropout" in module and isinstance(module.dropout, nn.Dropout):
+            module.dropout = _KeyedNoise()
+    plain, shared = gradients(None), gradients(spans)
+    scale = max(np.abs(g).max() for g in plain.values())
+    worst = max(np.abs(plain[k] - shared[k]).max() for k in plain)
+    assert scale > 1e-3 and worst <= 1e-5 * max(1.0, scale), (worst, scale)

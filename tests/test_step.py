@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 from mlx_lm import load
+from random_adapters import perturb_trainable
 
 from mlx_gft.config import build_config
 from mlx_gft.groups import pad_batch, response_start
@@ -43,11 +44,14 @@ def test_chunked_head_matches_the_full_logits(temperature):
     np.testing.assert_allclose(np.array(g1), np.array(compiled), atol=1e-6)
 
 
-def _batch(n_rows=6, seed=0):
+def _batch(n_rows=6, seed=0, groups=0):
+    """Rows of random prompts and answers; with `groups`, the rows are that many groups
+    of consecutive rows sharing one prompt each, as a GFT batch is."""
     rng = np.random.default_rng(seed)
+    prompts = [list(rng.integers(3, 200, 35)) for _ in range(groups or n_rows)]
     pairs = [
-        (list(rng.integers(3, 200, 35)), list(rng.integers(3, 200, int(rng.integers(4, 40)))))
-        for _ in range(n_rows)
+        (prompts[i * len(prompts) // n_rows], list(rng.integers(3, 200, int(rng.integers(4, 40)))))
+        for i in range(n_rows)
     ]
     tokens, mask = pad_batch(pairs)
     start = response_start(mask)
@@ -95,17 +99,20 @@ def _params_after_update(tiny_model, config, start, arrays, sizes):
 
 
 @pytest.mark.parametrize(
-    "loss,agg",
+    "loss,agg,groups",
     [
-        ("gft", "token-mean"),
-        ("gft", "seq-mean-token-mean"),
-        ("sft", "token-mean"),
-        ("dft", "token-mean"),
-        ("grpo", "token-mean"),
+        ("gft", "token-mean", 0),
+        ("gft", "token-mean", 2),
+        ("gft", "seq-mean-token-mean", 2),
+        ("sft", "token-mean", 0),
+        ("dft", "token-mean", 0),
+        ("grpo", "token-mean", 2),
     ],
 )
-def test_micro_batches_make_the_full_batch_update(tiny_model, loss, agg):
-    start, arrays = _batch()
+def test_micro_batches_make_the_full_batch_update(tiny_model, loss, agg, groups, passes):
+    """groups=2: two groups of three rows sharing a prompt, split across micro-batches of
+    two rows, so a sampled method's micro-batches run the shared-prompt pass."""
+    start, arrays = _batch(groups=groups)
     sizes = [3, 3]  # two groups of three members
     common = dict(num_layers=-1, loss=loss, loss_agg=agg, grad_clip=0.0, batch_size=2)
     whole, m_whole = _params_after_update(
@@ -121,6 +128,33 @@ def test_micro_batches_make_the_full_batch_update(tiny_model, loss, agg):
     for k in whole:
         assert_close(whole[k], parts[k], k)
     assert max(np.abs(v).max() for v in whole.values()) > 1e-4  # the update did something
+    assert (passes["shared"] > 0) == (groups > 0 and loss in ("gft", "grpo"))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("keys", [None, ["lm_head", "self_attn.v_proj"]])
+def test_a_chunked_head_in_the_stepper_makes_the_unchunked_update(
+    tiny_model, monkeypatch, passes, shared, keys
+):
+    """The tiny vocabulary never reaches CHUNK_ELEMENTS: lower it so the compiled step
+    runs the head in chunks of 32 positions, with and without an adapter on the head."""
+    from mlx_gft import logprobs
+
+    start, arrays = _batch(groups=2)
+    lora = {"rank": 4, "scale": 10.0, "dropout": 0.0, **({"keys": keys} if keys else {})}
+    config = build_config(
+        num_layers=-1, batch_size=2, grad_clip=0.0, shared_prompt=shared, lora_parameters=lora
+    )
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 2**62)
+    whole, _ = _params_after_update(tiny_model, config, start, arrays, [3, 3])
+    assert passes["chunked"] == 0
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 1)  # the floor: chunks of 32 positions
+    chunked, _ = _params_after_update(tiny_model, config, start, arrays, [3, 3])
+    assert passes["chunked"] > 0 and (passes["shared"] > 0) == shared
+    if keys:
+        assert max(np.abs(v).max() for k, v in chunked.items() if k.startswith("lm_head")) > 1e-4
+    for k in whole:
+        assert_close(whole[k], chunked[k], k)
 
 
 def test_micro_batch_plan_respects_rows_tokens_and_groups():
@@ -165,3 +199,33 @@ def test_the_samplers_entropy_is_the_training_forwards(tiny_model):
     _, entropy = token_logprobs(model, tokens, with_entropy=True)
     expected = np.array(entropy)[0][np.array(mask)[0] > 0]
     np.testing.assert_allclose(sample.entropy, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_grpo_reference_log_probs_run_in_micro_batches(tiny_model, monkeypatch):
+    """The old-policy and base forwards take micro_batch_rows rows at a time, as the
+    update does, so their peak is one micro-batch's too; the values are the whole
+    batch's."""
+    from mlx_gft import rollout
+    from mlx_gft.models import adapters_disabled
+
+    model, _ = load(str(tiny_model))
+    config = build_config(
+        num_layers=-1, loss="grpo", updates_per_batch=2, kl_coef=0.1, batch_size=2
+    )
+    setup_trainable(model, config)
+    perturb_trainable(model)  # the old policy is not the base
+    start, (tokens, mask, *_rest) = _batch(groups=2)
+    rows, forward = [], rollout.token_logprobs
+    monkeypatch.setattr(
+        rollout,
+        "token_logprobs",
+        lambda m, t, *a, **k: rows.append(t.shape[0]) or forward(m, t, *a, **k),
+    )
+    old, base = rollout.reference_logprobs(model, tokens, start, config, mx.zeros(mask.shape))
+    assert rows == [2, 2, 2] * 2  # 6 rows in micro-batches of batch_size, old then base
+    whole_old = forward(model, tokens, start=start)[0]
+    with adapters_disabled(model):
+        whole_base = forward(model, tokens, start=start)[0]
+    np.testing.assert_allclose(np.array(old), np.array(whole_old), atol=1e-5)
+    np.testing.assert_allclose(np.array(base), np.array(whole_base), atol=1e-5)
+    assert np.abs(np.array(old - base)).max() > 1e-3
