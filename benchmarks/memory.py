@@ -18,7 +18,10 @@ own process, so one's cached buffers do not count against the next:
   old-policy and base log-probs (`rollout.reference_logprobs`, micro-batched as the
   update is), then the two updates;
 - grpo-kl-one-pass: the same, with each reference forward over the whole batch in one
-  call (what the reference forwards did before they were micro-batched).
+  call (what the reference forwards did before they were micro-batched);
+- gft-quiet-half: gft-default with every other group's advantages 0 (all its rewards
+  equal), left out of the update as by default; gft-quiet-half-all-rows runs them too
+  (--no-skip-zero-advantage): the same update.
 
     python benchmarks/memory.py                          # Qwen2.5-0.5B shape, 2 layers
     python benchmarks/memory.py --layers 24 --repeats 1  # the whole model
@@ -26,6 +29,8 @@ own process, so one's cached buffers do not count against the next:
     python benchmarks/memory.py --variants loglik-bare,loglik-ours,loglik-unchunked
     python benchmarks/memory.py --prompt-len 356 --variants gft-unshared,gft-default
     python benchmarks/memory.py --variants gft-default,grpo-kl,grpo-kl-one-pass
+    python benchmarks/memory.py --variants gft-quiet-half-all-rows,gft-quiet-half
+    python benchmarks/memory.py --bits 4 --variants mlx_lm-sft-step,gft-default   # QLoRA
 """
 
 import argparse
@@ -60,20 +65,27 @@ SHAPES = {
 }  # fmt: skip
 VARIANTS = ("mlx_lm-sft-step", "gft-one-pass", "gft-default", "gft-unshared")
 GRPO = ("grpo-kl", "grpo-kl-one-pass")
+# Half of the batch's groups quiet (A = 0): left out of the update (the default) or run.
+QUIET = ("gft-quiet-half", "gft-quiet-half-all-rows")
 # The log-prob path alone (no loss, no optimizer), on batch_size rows: value_and_grad of
 # the answers' summed log-likelihood from the model's full logits, against the same sum
 # from `token_logprobs` (LM head from the first answer position, chunked past 2**27).
 LOGLIK = ("loglik-bare", "loglik-ours", "loglik-unchunked")  # the last: ours, head in one piece
 
 
-def build_model(shape: str, layers: int):
+def build_model(shape: str, layers: int, bits: int = 0):
+    """A random-weight model of `shape`; `bits` > 0 quantizes it with mlx-lm's own
+    quantize_model (group size 64, as `mlx_lm.convert -q` and mlx-community's models)."""
     import mlx.core as mx
     from mlx_lm.models import llama, qwen2
+    from mlx_lm.utils import quantize_model
 
     values = {**SHAPES[shape], "num_hidden_layers": layers or SHAPES[shape]["num_hidden_layers"]}
     module = {"qwen2": qwen2, "llama": llama}[values["model_type"]]
     mx.random.seed(0)
     model = module.Model(module.ModelArgs(**values))
+    if bits:
+        model, _ = quantize_model(model, dict(values), group_size=64, bits=bits)
     mx.eval(model.parameters())
     return model
 
@@ -93,7 +105,7 @@ def child(args) -> dict:
     from mlx_gft.models import setup_trainable
     from mlx_gft.step import Stepper, run_updates
 
-    model = build_model(args.shape, args.layers)
+    model = build_model(args.shape, args.layers, args.bits)
     sft_rows = args.batch
     gft_rows = args.batch * (args.group_size + 1)
     config = build_config(num_layers=-1, batch_size=args.batch, group_size=args.group_size)
@@ -168,9 +180,14 @@ def child(args) -> dict:
             )
         if args.variant == VARIANTS[3]:
             config = build_config(num_layers=-1, batch_size=args.batch, shared_prompt=False)
+        if args.variant == QUIET[1]:
+            config = build_config(num_layers=-1, batch_size=args.batch, skip_zero_advantage=False)
         start = response_start(mask)
         mask = mask[:, start:]
         adv = mx.array(rng.standard_normal(rows).astype(np.float32))
+        if args.variant in QUIET:  # every other group's rewards all equal: A = 0
+            group = np.arange(rows) // (args.group_size + 1)
+            adv = mx.where(mx.array(group % 2 == 1), 0.0, adv)
         zeros = mx.zeros(mask.shape)
         arrays = (tokens, mask, adv, zeros, zeros)
         stepper = Stepper(model, optim.AdamW(learning_rate=1e-5), config)
@@ -210,7 +227,8 @@ def main():
     ap.add_argument("--answer-len", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured steps first")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"of {VARIANTS + GRPO}")
+    ap.add_argument("--bits", type=int, default=0, choices=(0, 4, 8), help="quantize (QLoRA)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"of {VARIANTS + GRPO + QUIET}")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
@@ -226,7 +244,9 @@ def main():
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     layers = args.layers or SHAPES[args.shape]["num_hidden_layers"]
     print(
-        f"{args.shape}, {layers} layers, float32, LoRA on all; batch {args.batch}, "
+        f"{args.shape}, {layers} layers, "
+        f"{f'{args.bits}-bit weights (float32 activations)' if args.bits else 'float32'}, "
+        f"LoRA on all; batch {args.batch}, "
         f"K = {args.group_size}, prompt {args.prompt_len} / answer {args.answer_len} tokens\n"
     )
     head = "| variant | rows | peak GB (MLX) | max RSS GB | trained tok/s | memory | speed |"

@@ -20,6 +20,8 @@ than it trained on (`--ood-level`, built-in task); and on a task nobody trains o
     python examples/why_gft.py --then-grpo 10          # and GRPO after SFT vs after GFT
     python examples/why_gft.py --methods sft,sft+gft   # SFT vs SFT -> GFT, same steps
     python examples/why_gft.py --methods sft@60,gft    # SFT with its own count, 60 iterations
+    python examples/why_gft.py --methods sft,gft,gft:dynamic,gft:tau=0.1,sft:lr=1e-4
+                                  # options per method: dynamic sampling, tau, lr, rounds
     python examples/why_gft.py --score-every 10        # and each run at 10, 20, ...
                                                        # iterations: its best step count
     python examples/why_gft.py --warm-start 6 --train-size 16 --wrong-experts 0 --seeds 0,1,2
@@ -46,6 +48,7 @@ from mlx_gft.evaluate import evaluate
 from mlx_gft.job import run
 from mlx_gft.plots import chain_stages, plot_runs, read_metrics
 from mlx_gft.tasks import DEFAULT_LEVEL, make_dataset
+from mlx_gft.tasks.arithmetic import STYLES
 
 MAX_TOKENS = 64  # per answer, in training samples and held-out evaluation alike
 # Wrong expert answers: SFT imitates them, GFT's verifier scores them 0 (README, Why GFT).
@@ -81,19 +84,42 @@ def options(args: argparse.Namespace, seed: int) -> dict:
     )
 
 
-def parse_method(name: str, iters: int) -> tuple[list[str], int]:
-    """'sft' -> (['sft'], iters); 'sft@60' -> (['sft'], 60); 'sft+gft' -> both stages."""
-    losses, _, n = name.partition("@")
-    return losses.split("+"), int(n) if n else iters
+# Per-method options in a method's name, e.g. gft:tau=0.1, sft:lr=1e-4, gft:dynamic.
+METHOD_OPTIONS = {
+    "tau": ("tau", float),
+    "lr": ("learning_rate", float),
+    "dynamic": ("dynamic_sampling", None),  # a flag: DAPO's dynamic sampling
+    "rounds": ("max_sampling_rounds", int),
+}
+
+
+def parse_method(name: str, iters: int) -> tuple[list[str], int, dict]:
+    """'sft' -> (['sft'], iters, {}); 'sft@60' -> (['sft'], 60, {}); 'sft+gft' -> both
+    stages; 'gft:tau=0.1:dynamic' -> (['gft'], iters, {'tau': 0.1, 'dynamic_sampling':
+    True}): options for every stage of the method."""
+    body, _, n = name.partition("@")
+    losses, *opts = body.split(":")
+    overrides = {}
+    for opt in opts:
+        key, eq, value = opt.partition("=")
+        if key not in METHOD_OPTIONS or bool(eq) == (METHOD_OPTIONS[key][1] is None):
+            raise SystemExit(
+                f"--methods {name}: unknown option {opt!r}; options: tau=X, lr=X, rounds=N, dynamic"
+            )
+        field, kind = METHOD_OPTIONS[key]
+        overrides[field] = True if kind is None else kind(value)
+    return losses.split("+"), int(n) if n else iters, overrides
 
 
 def train_method(name: str, args: argparse.Namespace, seed: int, out: Path) -> dict:
     """`name` is a loss, or losses joined by '+' that share the iterations in turn
-    (sft+gft: the paper's pipeline, at the same number of examples seen as sft), with an
-    optional '@N' for N iterations instead of --iters."""
-    folder = out / name
-    losses, iters = parse_method(name, args.iters)
+    (sft+gft: the paper's pipeline, at the same number of examples seen as sft), with
+    ':option' settings (METHOD_OPTIONS) and an optional '@N' for N iterations instead of
+    --iters."""
+    folder = out / name.replace(":", "-")
+    losses, iters, overrides = parse_method(name, args.iters)
     config = dict(options(args, seed), loss=losses[0], adapter_path=str(folder), iters=iters)
+    config.update(overrides)
     if args.warm_start:
         config["resume_adapter_file"] = str(out / "warm-start" / "adapters.safetensors")
     stages = [{"loss": loss, "iters": iters // len(losses)} for loss in losses]
@@ -125,7 +151,7 @@ def checkpoints(name: str, folder: Path, iters: int, every: int, record: dict) -
     found = {}
     if not every:
         return found
-    method = name.partition("@")[0]
+    method = name.partition("@")[0]  # gft:dynamic@20's checkpoint at 10: gft:dynamic@10
     end = (folder / "why_gft.json").stat().st_mtime  # written when the run finished
     for n in range(every, iters, every):
         saved = folder / f"{n:07d}_adapters.safetensors"
@@ -217,7 +243,8 @@ def write_task(args: argparse.Namespace, seed: int, out: Path) -> None:
     slipped), clean warm-up rows disjoint from it, valid and test, and a harder test set."""
     n_warm = args.warm_start * 4
     n_train, n_test = args.train_size, max(200, args.test_problems)
-    splits = make_dataset(n_train, 100, n_test, seed, args.difficulty, args.wrong_experts)
+    style = getattr(args, "expert_style", "own")
+    splits = make_dataset(n_train, 100, n_test, seed, args.difficulty, args.wrong_experts, style)
     # The training draw is one stream without repeats, so a longer draw starts with the
     # same rows: its tail is clean warm-up rows that are not in the training set.
     longer = make_dataset(n_train + n_warm, 100, n_test, seed, args.difficulty)
@@ -376,7 +403,7 @@ def family(label: str) -> str | None:
     None for the rest (base, warm start, anything with GRPO: RL is compared separately).
     A staged run's rows are its stages, labelled 'sft+gft: 2-gft'."""
     method, _, stage = label.partition(": ")
-    name = stage.partition("-")[2] if stage else method.partition("@")[0]
+    name = stage.partition("-")[2] if stage else method.partition("@")[0].partition(":")[0]
     losses = set(name.split("+"))
     if "grpo" in losses:
         return None
@@ -433,8 +460,9 @@ def main() -> None:
     ap.add_argument("--data", help="default: the built-in arithmetic task")
     ap.add_argument(
         "--methods",
-        help="losses, a+b for stages, a@N for N iterations (default: sft,gft; with wrong "
-        "answers sft,sft-verified,gft)",
+        help="losses, a+b for stages, a@N for N iterations, a:option for per-method "
+        "settings (tau=X, lr=X, rounds=N, dynamic) (default: sft,gft; with wrong answers "
+        "sft,sft-verified,gft)",
     )
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--learning-rate", type=float, default=3e-5)
@@ -461,6 +489,13 @@ def main() -> None:
         f"default {DEMO_WRONG_EXPERTS} on the built-in task, 0 for clean answers",
     )
     ap.add_argument("--difficulty", type=int, default=DEFAULT_LEVEL, help="built-in task level")
+    ap.add_argument(
+        "--expert-style",
+        choices=STYLES,
+        default="own",
+        help="built-in task: the training answers' style; 'steps' is off-policy for the model "
+        "(numbered steps and \\boxed{}, while the warm start keeps the short 'own' style)",
+    )
     ap.add_argument("--train-size", type=int, default=1000, help="built-in training rows")
     ap.add_argument(
         "--ood-level", type=int, default=3, help="harder built-in test problems (0: none)"
@@ -491,8 +526,13 @@ def main() -> None:
     args.builtin = not args.data
     if args.wrong_experts is None:
         args.wrong_experts = DEMO_WRONG_EXPERTS if args.builtin else 0.0
-    if not args.builtin and (args.wrong_experts or args.warm_start):
-        ap.error("--wrong-experts and --warm-start build the built-in task: leave out --data")
+    if args.builtin and args.wrong_experts and args.expert_style != "own":
+        ap.error("--expert-style steps has no slipped answers: add --wrong-experts 0")
+    if not args.builtin and (args.wrong_experts or args.warm_start or args.expert_style != "own"):
+        ap.error(
+            "--wrong-experts, --warm-start and --expert-style build the built-in task: "
+            "leave out --data"
+        )
     if not args.builtin:
         args.ood_level = 0
     if args.methods is None:

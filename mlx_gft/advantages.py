@@ -69,6 +69,20 @@ def zero_variance_fraction(
     return (hi == lo).astype(mx.float32).mean().item()
 
 
+def quiet_groups(total: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
+    """Per group, True when the rewards of its scored members are all equal (or it has
+    fewer than two): every member's advantage is 0 and the group teaches nothing.
+    Compared in float32, as `group_advantages` compares them."""
+    total = np.asarray(total, dtype=np.float32)
+    group_of = np.repeat(np.arange(len(sizes)), sizes)
+    scored = ~np.isnan(total)
+    hi = np.full(len(sizes), -np.inf, dtype=np.float32)
+    lo = np.full(len(sizes), np.inf, dtype=np.float32)
+    np.maximum.at(hi, group_of[scored], total[scored])
+    np.minimum.at(lo, group_of[scored], total[scored])
+    return ~(hi > lo)
+
+
 def scored_advantages(
     total: np.ndarray, sizes: Sequence[int], scale: str = "group"
 ) -> tuple[mx.array, float]:

@@ -29,6 +29,21 @@ def batch_indices(batches: list[np.ndarray], iteration: int, seed: int) -> list[
     ]
 
 
+class DataStream:
+    """The batches of every epoch one after another, drawn in turn: an iteration draws
+    one, or several with dynamic sampling. `position` counts the batches drawn over the
+    whole run (stages included), so a checkpoint that keeps it resumes the same order."""
+
+    def __init__(self, batches: list[np.ndarray], seed: int, position: int = 0):
+        self.batches, self.seed, self.position = batches, seed, position
+
+    def next(self) -> tuple[int, list[int]]:
+        """(position, example indices) of the next batch."""
+        position = self.position
+        self.position += 1
+        return position, batch_indices(self.batches, position, self.seed)
+
+
 def train_batches(config: TrainConfig, train_set: list[Example]) -> list[np.ndarray]:
     """The batches `train` draws from, one epoch's worth."""
     lengths = [len(e.prompt) + len(e.expert) for e in train_set]
@@ -38,6 +53,14 @@ def train_batches(config: TrainConfig, train_set: list[Example]) -> list[np.ndar
 def stage_iterations(config: TrainConfig, train_set: list[Example]) -> int:
     """Iterations `train` runs for `config` on `train_set`."""
     return num_iterations(config, len(train_batches(config, train_set)))
+
+
+def stage_batches(config: TrainConfig, train_set: list[Example]) -> int:
+    """The most batches a stage may draw: one per iteration, or with dynamic sampling up
+    to max_sampling_rounds. The next stage starts after them, wherever this one stopped,
+    so where each stage starts is known before any runs (and on --resume)."""
+    rounds = config.max_sampling_rounds if config.dynamic_sampling else 1
+    return stage_iterations(config, train_set) * rounds
 
 
 def num_iterations(config: TrainConfig, batches_per_epoch: int) -> int:

@@ -15,9 +15,12 @@ from typing import Any
 import yaml
 
 from .formats import Features
-from .methods import METHODS
 
-LOSSES = tuple(METHODS)
+# The configuration is what every module reads, so it imports none of them: it names
+# the choices, and the modules that implement them check they cover these names
+# (methods.METHODS, metrics.SERVICES; tests/test_imports.py).
+LOSSES = ("gft", "sft", "sft-verified", "dft", "grpo")
+REPORT_TO = ("jsonl", "wandb", "swanlab", "tensorboard")  # metrics.jsonl: always
 # Names users bring from other LoRA tools, mapped to ours.
 ALIASES = {
     "alpha": "scale",
@@ -92,6 +95,17 @@ class TrainConfig:
     shared_prompt: bool = opt(
         True, "run each group's prompt once in the update, for all its answers (same result)"
     )
+    skip_zero_advantage: bool = opt(
+        True, "leave rows with advantage 0 (quiet groups) out of the update (same result)"
+    )
+    dynamic_sampling: bool = opt(
+        False,
+        "GFT/GRPO: draw more batches of prompts until batch_size groups have reward spread "
+        "(DAPO's dynamic sampling); groups whose rewards are all equal teach nothing",
+    )
+    max_sampling_rounds: int = opt(
+        4, "with dynamic_sampling: batches drawn per iteration at most, then train on what is kept"
+    )
     resume_adapter_file: str | None = opt(None, "start from these adapter weights")
     resume: bool = opt(False, "continue the run in --adapter-path from its last checkpoint")
     adapter_path: str = opt("adapters", "where adapters and checkpoints go")
@@ -165,9 +179,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         self.clear_cache_threshold = parse_size(self.clear_cache_threshold)
         self._check_types()
-        from .metrics import report_services  # (metrics imports this module)
-
-        report_services(self.report_to)  # unknown services, missing packages: fail now
+        report_names(self.report_to)  # unknown services fail now; job.run checks packages
         choices = {
             "fine_tune_type": ("lora", "dora", "full"),
             "optimizer": ("adam", "adamw", "sgd", "adafactor", "muon"),
@@ -192,6 +204,7 @@ class TrainConfig:
             "steps_per_eval",
             "save_every",
             "max_seq_length",
+            "max_sampling_rounds",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -376,6 +389,19 @@ def _number(name: str, value: Any, kind: type) -> Any:
     except ValueError:
         raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
     return number
+
+
+def report_names(report_to: str | None) -> list[str]:
+    """The services `report_to` names (comma-separated, any case, as mlx_lm.lora reads
+    it); an unknown name is an error now, not after the model loads."""
+    names = [n.strip().lower() for n in (report_to or "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in REPORT_TO]
+    if unknown:
+        raise ConfigError(
+            f"report_to: unknown service {unknown[0]!r}; choose from {', '.join(REPORT_TO)} "
+            "(comma-separated)"
+        )
+    return names
 
 
 def parse_size(value: Any) -> int:

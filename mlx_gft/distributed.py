@@ -25,6 +25,14 @@ def sum_gradients(grads, ranks):
     return tree_map(lambda g: g * n, average_gradients(grads, group=ranks))
 
 
+def all_ranks_sum(value: float, ranks) -> float:
+    """`value` summed over the ranks (itself without several ranks): for decisions every
+    rank must take alike."""
+    if ranks is None or ranks.size() == 1:
+        return value
+    return mx.distributed.all_sum(mx.array(float(value)), group=ranks, stream=mx.cpu).item()
+
+
 def reduce_metrics(row: dict, rules: dict, ranks) -> dict:
     """Combine one iteration's metrics over ranks by `rules` (`metrics.RULES`: the same
     keys in the same order on every rank, whether or not this rank measured them).

@@ -5,6 +5,7 @@ then the K samples. Every member keeps its exact token ids. The whole step's mem
 are padded into one (N, L) batch; `mask` marks the response tokens the loss sees.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -31,6 +32,24 @@ class Groups:
     members: list[Member]
     sizes: list[int]  # members per group, in order
     missing_teachers: int = 0  # teacher answers asked for but absent (rows with fewer)
+
+    def member_rows(self, groups: Sequence[int]) -> list[int]:
+        """The members' indices of these groups, in order."""
+        starts = np.cumsum([0, *self.sizes])
+        return [r for g in groups for r in range(starts[g], starts[g + 1])]
+
+    def select(self, groups: Sequence[int]) -> "Groups":
+        """These groups alone (missing_teachers stays the whole batch's count)."""
+        members = [self.members[r] for r in self.member_rows(groups)]
+        return Groups(members, [self.sizes[g] for g in groups], self.missing_teachers)
+
+    @staticmethod
+    def concat(parts: Sequence["Groups"]) -> "Groups":
+        return Groups(
+            [m for p in parts for m in p.members],
+            [s for p in parts for s in p.sizes],
+            sum(p.missing_teachers for p in parts),
+        )
 
 
 def build_groups(

@@ -15,10 +15,11 @@ def run(config: TrainConfig, log=print, training_callback=None) -> dict:
 
     from . import data as data_lib
     from . import distributed
-    from .batches import stage_iterations
+    from .batches import stage_batches
     from .checkpoint import has_checkpoint, stage_finished
     from .evaluate import accuracy
     from .methods import method
+    from .metrics import report_services
     from .models import load_model, setup_trainable
     from .progress import Progress
     from .rewards import check_rewards, verifier_name
@@ -27,6 +28,7 @@ def run(config: TrainConfig, log=print, training_callback=None) -> dict:
 
     if not (config.train or config.test):
         raise ConfigError("nothing to do: pass --train and/or --test")
+    report_services(config.report_to)  # a missing package fails before anything loads
     mx.random.seed(config.seed)
     ranks, log = distributed.init(config, log, training=config.train)
     lead = ranks.rank() == 0  # distributed: rank 0 speaks and evaluates
@@ -97,7 +99,7 @@ def run(config: TrainConfig, log=print, training_callback=None) -> dict:
         results["reports"] = []
         offset = 0  # each stage goes on through the data where the last one stopped
         for n, stage in enumerate(stages, start=1):
-            stage_offset, offset = offset, offset + stage_iterations(stage, sets["train"])
+            stage_offset, offset = offset, offset + stage_batches(stage, sets["train"])
             if len(stages) > 1:
                 if config.resume and stage_finished(stage):
                     log(f"Stage {n}/{len(stages)} ({stage.loss}) is finished: loading its adapters")
@@ -132,8 +134,10 @@ def run(config: TrainConfig, log=print, training_callback=None) -> dict:
 
         load_adapters(model, config.adapter_path)
     if config.test:
-        results["test_loss"] = expert_stats(model, test_set, config.batch_size)["nll"]
-        log(f"Test loss {results['test_loss']:.3f}")
+        nll = expert_stats(model, test_set, config.batch_size)["nll"]
+        if nll == nll:  # no expert answer to measure (prompt-only rows): no test loss
+            results["test_loss"] = nll
+            log(f"Test loss {nll:.3f}")
         if len(stages) == 1 or not config.train:
             held_out("after" if config.train else "test")
     return results

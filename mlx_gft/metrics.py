@@ -11,12 +11,15 @@ import importlib.util
 import json
 import math
 import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, report_names
 from .groups import KINDS
 
 
@@ -57,13 +60,47 @@ RULES = {
     "sample_acc": Rule(MEAN, MEAN),
     "truncated_frac": Rule(MEAN, MEAN),
     "missing_teachers": Rule(SUM, MEAN),
-    "groups": Rule(SUM, MEAN),
+    "groups": Rule(SUM, MEAN),  # trained on
+    "quiet_row_frac": Rule(MEAN, MEAN),  # rows left out of the update (A = 0)
+    # Dynamic sampling: batches of prompts drawn, prompts drawn, groups kept.
+    "sampling_rounds": Rule(MEAN, MEAN),
+    "prompts_drawn": Rule(SUM, MEAN),
+    "groups_kept": Rule(SUM, MEAN),
     "stop": Rule(SUM, MEAN),  # any rank signalled: all stop
     **{f"reward_{k}": Rule(MEAN, MEAN) for k in KINDS},
-    # The others wait for the slowest rank.
-    "sample_time": Rule(MAX, SUM),
-    "train_time": Rule(MAX, SUM),
+    # Seconds per phase; the others wait for the slowest rank. Validation, the probe and
+    # checkpoints run on rank 0 after the ranks' metrics are combined.
+    **{f"{phase}_time": Rule(MAX, SUM) for phase in ("sample", "reward", "update")},
+    **{f"{phase}_time": Rule(MAX, SUM) for phase in ("val", "probe", "save")},
 }
+# The phases of an iteration in the order they run, as the report line shows them.
+PHASES = ("sample", "reward", "update", "val", "probe", "save")
+TRAINING = ("sample", "reward", "update")  # It/sec counts these, as mlx_lm counts its steps
+
+
+class Clock:
+    """Seconds per phase of training (validation, the KL probe, checkpoints), summed
+    until they are taken into an iteration's metrics."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def add(self, phase: str, seconds: float) -> float:
+        self.seconds[phase] += seconds
+        return seconds
+
+    @contextmanager
+    def __call__(self, phase: str):
+        tic = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - tic)
+
+    def take(self) -> dict[str, float]:
+        taken = dict(self.seconds)
+        self.seconds.clear()
+        return taken
 
 
 def iteration_metrics(updates: list[StepStats]) -> dict:
@@ -72,13 +109,18 @@ def iteration_metrics(updates: list[StepStats]) -> dict:
     n_tok = sum(u.response_tokens for u in updates)
     n_metric = sum(u.metric_tokens for u in updates)
     applied = [u for u in updates if not u.idle] or updates
+    # A skipped update's loss or norm is not finite: it is counted, not averaged in.
+    losses = [u.loss for u in applied if math.isfinite(u.loss)]
+    norms = [u.grad_norm for u in applied if math.isfinite(u.grad_norm)]
     metrics = {
-        "loss": float(np.mean([u.loss for u in applied])),
-        "grad_norm": float(max(u.grad_norm for u in applied)),
         "skipped": sum(u.skipped for u in updates),
         "idle_updates": sum(u.idle for u in updates),
         "train_tokens": int(n_tok),
     }
+    if losses:
+        metrics["loss"] = float(np.mean(losses))
+    if norms:
+        metrics["grad_norm"] = float(max(norms))
     if n_metric:  # an idle update measures nothing: no entropy rather than a false 0
         metrics["entropy"] = sum(u.entropy_sum for u in updates) / n_metric
     if n_tok:
@@ -88,27 +130,53 @@ def iteration_metrics(updates: list[StepStats]) -> dict:
 
 def summarise(window: list[dict], iteration: int) -> dict:
     """A report window's iterations as one row, plus the rates."""
-    keys = {k for r in window for k in r} - {"iteration"}
+    # Every report has these, null when nothing in the window measured them (an update
+    # skipped, every sample masked): a script reading metrics.jsonl meets null, not NaN.
+    keys = ({k for r in window for k in r} | {"loss", "grad_norm", "entropy"}) - {"iteration"}
     out = {"iteration": iteration}
     for k in sorted(keys):
-        values = [r[k] for r in window if k in r]
+        values = [r[k] for r in window if measured(r.get(k))]
         rule = RULES[k].window if k in RULES else MEAN
-        if rule == MAX:
+        if not values:  # nothing measured in the window: null, never NaN
+            out[k] = None
+        elif rule == MAX:
             out[k] = max(values)
         elif rule == SUM:
             out[k] = sum(values)
         else:
             out[k] = float(np.mean(values))
-    elapsed = out.get("sample_time", 0) + out.get("train_time", 0)
-    out["it_per_sec"] = len(window) / max(elapsed, 1e-9)
-    out["gen_tok_per_sec"] = out.get("gen_tokens", 0) / max(out.get("sample_time", 0), 1e-9)
-    out["train_tok_per_sec"] = out.get("train_tokens", 0) / max(out.get("train_time", 0), 1e-9)
+    out["it_per_sec"] = len(window) / max(_training_time(out), 1e-9)
+    out["gen_tok_per_sec"] = (out.get("gen_tokens") or 0) / max(out.get("sample_time") or 0, 1e-9)
+    out["train_tok_per_sec"] = (out.get("train_tokens") or 0) / max(
+        out.get("update_time") or 0, 1e-9
+    )
+    out["window_iterations"] = len(window)
     return out
+
+
+def _training_time(r: dict) -> float:
+    return sum(r.get(f"{phase}_time") or 0.0 for phase in TRAINING)
+
+
+def measured(value) -> bool:
+    """Whether a metric holds a number: a metric over nothing (no token scored, no update
+    applied) is None, and NaN or infinity is treated as not measured too."""
+    return value is not None and not (isinstance(value, float) and not math.isfinite(value))
+
+
+def jsonable(metrics: dict) -> dict:
+    """A metrics row for metrics.jsonl: what was not measured is null (JSON has no NaN)."""
+    return {k: (v if measured(v) else None) for k, v in metrics.items()}
+
+
+def _shown(r: dict, key: str, spec: str) -> str:
+    value = r.get(key)
+    return format(value, spec) if measured(value) else "-"
 
 
 def train_info(r: dict) -> dict:
     """A report's numbers under mlx_lm's TrainingCallback keys (its on_train_loss_report)."""
-    elapsed = r.get("sample_time", 0) + r.get("train_time", 0)
+    elapsed = _training_time(r)
     return {
         "iteration": r["iteration"],
         "train_loss": r["loss"],
@@ -127,7 +195,7 @@ def report_line(r: dict) -> str:
     its logs read these, then GFT's."""
     info = train_info(r)
     parts = [
-        f"Iter {r['iteration']}: Train loss {r['loss']:.3f}",
+        f"Iter {r['iteration']}: Train loss {_shown(r, 'loss', '.3f')}",
         f"Learning Rate {info['learning_rate']:.3e}",
         f"It/sec {info['iterations_per_second']:.3f}",
         f"Tokens/sec {info['tokens_per_second']:.3f}",
@@ -141,45 +209,50 @@ def report_line(r: dict) -> str:
     if "zero_var_frac" in r:
         parts.append(f"Zero-var {r['zero_var_frac']:.2f}")
     parts += [
-        f"Entropy {r.get('entropy', math.nan):.3f}",
-        f"Grad norm {r['grad_norm']:.3f}",
-        f"KL {r['kl_to_base']:.4f}",
+        f"Entropy {_shown(r, 'entropy', '.3f')}",
+        f"Grad norm {_shown(r, 'grad_norm', '.3f')}",
     ]
+    if measured(r.get("kl_to_base")):  # measured at the validation cadence
+        parts.append(f"KL {r['kl_to_base']:.4f}")
     if r.get("gen_tokens"):
         parts.append(f"Gen tok/s {r['gen_tok_per_sec']:.1f}")
     parts.append(f"Train tok/s {r['train_tok_per_sec']:.1f}")
+    if r.get("quiet_row_frac"):
+        parts.append(f"Quiet rows {r['quiet_row_frac']:.2f}")
+    if "sampling_rounds" in r:
+        parts.append(
+            f"Groups {r['groups_kept']:.1f} of {r['prompts_drawn']:.1f} in "
+            f"{r['sampling_rounds']:.1f} rounds"
+        )
     if r.get("skipped"):
         parts.append(f"Skipped {r['skipped']}")
     if r.get("idle_updates"):
         parts.append(f"Idle updates {r['idle_updates']}")
+    n = max(r.get("window_iterations", 1), 1)
+    seconds = [f"{p} {r[f'{p}_time'] / n:.2f}" for p in PHASES if f"{p}_time" in r]
+    if seconds:
+        parts.append("Sec/it " + " ".join(seconds))
     return ", ".join(parts)
 
 
 def val_line(r: dict, seconds: float) -> str:
     """mlx_lm.lora's `Iter N: Val loss X, Val took Ys`, then GFT's validation numbers."""
-    line = f"Iter {r['iteration']}: Val loss {r['val_loss']:.3f}, Val took {seconds:.3f}s"
-    line += f", Val entropy {r['val_entropy']:.3f}"
+    line = f"Iter {r['iteration']}: Val loss {_shown(r, 'val_loss', '.3f')}, "
+    line += f"Val took {seconds:.3f}s, Val entropy {_shown(r, 'val_entropy', '.3f')}"
     if "val_acc" in r:
-        line += f", Val acc {r['val_acc']:.3f}"
+        line += f", Val acc {_shown(r, 'val_acc', '.3f')}"
     return line
 
 
 # --report-to services (mlx_lm.lora has wandb and swanlab) and the package each needs.
 # metrics.jsonl is written whatever report_to says; "jsonl" names it for clarity.
 SERVICES = {"wandb": "wandb", "swanlab": "swanlab", "tensorboard": "tensorboardX"}
-REPORT_TO = ("jsonl", *SERVICES)
 
 
 def report_services(report_to: str | None) -> list[str]:
-    """The services `report_to` names (comma-separated, any case, as mlx_lm.lora reads
-    it). Unknown names and uninstalled packages are errors now, not after the model loads."""
-    names = [n.strip().lower() for n in (report_to or "").split(",") if n.strip()]
-    unknown = [n for n in names if n not in REPORT_TO]
-    if unknown:
-        raise ConfigError(
-            f"report_to: unknown service {unknown[0]!r}; choose from {', '.join(REPORT_TO)} "
-            "(comma-separated)"
-        )
+    """The services `report_to` names, each with its package installed: a missing one
+    is an error before the model loads (job.run), not after training starts."""
+    names = report_names(report_to)
     for name in names:
         package = SERVICES.get(name)
         if package and not _installed(package):
@@ -274,15 +347,17 @@ class Reporter:
 
     def val(self, row: dict, seconds: float) -> None:
         info = {"iteration": row["iteration"], "val_loss": row["val_loss"], "val_time": seconds}
-        self._emit(row, val_line(row, seconds), info, "on_val_loss_report")
+        self._emit({**row, "val_time": seconds}, val_line(row, seconds), info, "on_val_loss_report")
 
     def _emit(self, metrics: dict, line: str, info: dict, hook: str) -> None:
         if not self.enabled:
             return
         self.log(line)
-        self.file.write(json.dumps(metrics) + "\n")
+        self.file.write(json.dumps(jsonable(metrics), allow_nan=False) + "\n")
         self.file.flush()
+        # Services and callbacks get what was measured; a metric over nothing is left out.
         values = {**info, **{k: v for k, v in metrics.items() if k not in info}}
+        values = {k: v for k, v in values.items() if measured(v)}
         for callback in self.callbacks:
             getattr(callback, hook)(dict(values))
 

@@ -1,7 +1,8 @@
 """One iteration's training batch: sample K answers per prompt, build the groups
 (expert + teachers + samples), score every member, z-score the rewards inside each
-group, and lay the members out as the arrays the step trains on. SFT and DFT skip the
-sampling and train on the expert answers."""
+group (`score_groups`), draw more prompts while groups are quiet (`gather_groups`,
+dynamic sampling), and lay the members out as the arrays the step trains on
+(`with_arrays`). SFT and DFT skip the sampling and train on the expert answers."""
 
 import time
 from dataclasses import dataclass, field
@@ -9,8 +10,9 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
+from . import distributed
 from . import rewards as rewards_lib
-from .advantages import scored_advantages
+from .advantages import quiet_groups, scored_advantages
 from .config import TrainConfig
 from .data import Example
 from .groups import KINDS, Groups, build_groups, pad_batch, response_start, reward_inputs
@@ -28,6 +30,7 @@ class TrainBatch:
 
     groups: Groups
     advantages: mx.array  # per member
+    quiet: np.ndarray | None = None  # per group: rewards all equal, so every A is 0
     start: int = 0  # first scored target position (the prompt before it needs no logits)
     tokens: mx.array | None = None  # (members, width) prompt + response, right-padded
     mask: mx.array | None = None  # (members, width - 1 - start) scored target tokens
@@ -44,25 +47,86 @@ class TrainBatch:
         """Per-member arrays in the order the loss takes them."""
         return (self.tokens, self.mask, self.advantages, self.old_lp, self.base_lp)
 
+    def select(self, groups) -> "TrainBatch":
+        """These groups alone, with their advantages (before the arrays are built)."""
+        rows = self.groups.member_rows(groups)
+        advantages = self.advantages[mx.array(rows, dtype=mx.int32)] if rows else mx.zeros((0,))
+        quiet = None if self.quiet is None else self.quiet[list(groups)]
+        return TrainBatch(self.groups.select(groups), advantages, quiet)
 
-def rollout(
-    model,
-    tokenizer,
-    examples: list[Example],
-    config: TrainConfig,
-    reward_fns,
-    seed: int,
-    trainer_state: TrainerState | None = None,
-) -> TrainBatch:
-    """Sample, score and z-score one iteration's prompts; return the batch to train on.
-    `trainer_state` reaches batch (TRL) rewards as their ``trainer_state`` argument."""
-    batch = score_groups(model, tokenizer, examples, config, reward_fns, seed, trainer_state)
+
+def with_arrays(model, tokenizer, batch: TrainBatch, config: TrainConfig) -> TrainBatch:
+    """`batch` with the arrays the step trains on (nothing to build for an empty one)."""
     if not batch.empty:
         batch.start, arrays = training_arrays(
             model, tokenizer, batch.groups, batch.advantages, config
         )
         batch.tokens, batch.mask, _, batch.old_lp, batch.base_lp = arrays
     return batch
+
+
+def gather_groups(
+    model,
+    tokenizer,
+    draw,
+    config: TrainConfig,
+    reward_fns,
+    trainer_state: TrainerState | None = None,
+    ranks=None,
+) -> TrainBatch:
+    """One iteration's scored groups (no arrays yet). `draw()` -> (seed, examples): the
+    next batch of prompts in the data order and its sampling seed.
+
+    One batch; or, with `dynamic_sampling` (DAPO's dynamic sampling) and a method that
+    samples, batches drawn in turn, each sampled in one go, keeping the groups whose
+    rewards differ, until there are as many as one batch has prompts (on every rank) or
+    `max_sampling_rounds` batches were drawn; the first ones kept are trained on. A
+    quiet group has A = 0 everywhere: it would cost a full update and teach nothing."""
+
+    def next_batch() -> TrainBatch:
+        seed, examples = draw()
+        return score_groups(model, tokenizer, examples, config, reward_fns, seed, trainer_state)
+
+    batch = next_batch()
+    if not (config.dynamic_sampling and method(config).samples):
+        return batch
+    rounds, wanted = [batch], len(batch.groups.sizes)
+    kept = [batch.select(np.flatnonzero(~batch.quiet))]
+    while True:
+        have = sum(len(k.groups.sizes) for k in kept)
+        # Every rank draws alike: stop when every rank has its share, or at the bound.
+        short = distributed.all_ranks_sum(max(wanted - have, 0), ranks)
+        if not short or len(rounds) >= config.max_sampling_rounds:
+            break
+        batch = next_batch()
+        rounds.append(batch)
+        kept.append(batch.select(np.flatnonzero(~batch.quiet)))
+    groups = Groups.concat([k.groups for k in kept])
+    advantages = mx.concatenate([k.advantages for k in kept])
+    out = TrainBatch(groups, advantages, np.concatenate([k.quiet for k in kept]))
+    out = out.select(range(min(have, wanted)))
+    out.metrics = combine_rounds([r.metrics for r in rounds])
+    out.metrics.update(
+        sampling_rounds=len(rounds),
+        prompts_drawn=sum(len(r.groups.sizes) for r in rounds),
+        groups_kept=len(out.groups.sizes),
+    )
+    return out
+
+
+# Metrics of a round that add up over the rounds of an iteration; the others average.
+SUMMED = ("sample_time", "reward_time", "gen_tokens", "missing_teachers")
+
+
+def combine_rounds(rows: list[dict]) -> dict:
+    """An iteration's rollout metrics from its sampling rounds (each one batch of
+    prompts): times, tokens and counts add up, shares and means average over rounds."""
+    keys = {k for r in rows for k in r}
+    out = {}
+    for k in keys:
+        values = [r[k] for r in rows if k in r]
+        out[k] = sum(values) if k in SUMMED else float(np.mean(values))
+    return out
 
 
 def score_groups(
@@ -98,11 +162,14 @@ def score_groups(
     groups = build_groups(
         examples, samples, config.group_size, config.teacher_count, m.expert_in_group
     )
+    tic = time.perf_counter()
     total, columns = rewards_lib.score(
         reward_fns, reward_inputs(groups), config.reward_timeout, trainer_state
     )
+    row["reward_time"] = time.perf_counter() - tic
     # A sample no reward scored (NaN, TRL's None) is left out of its group's statistics.
     adv, row["zero_var_frac"] = scored_advantages(total, groups.sizes, config.adv_scale)
+    quiet = quiet_groups(total, groups.sizes)
     kinds = np.array([member.kind for member in groups.members])
     row["group_size_mean"] = float(np.mean(groups.sizes))
     for kind in KINDS:
@@ -118,7 +185,7 @@ def score_groups(
     if any(s.entropy for s in trained):
         row["entropy"] = float(np.mean([h for s in trained for h in s.entropy]))
     row["missing_teachers"] = groups.missing_teachers
-    return TrainBatch(groups, adv, metrics=row)
+    return TrainBatch(groups, adv, quiet, metrics=row)
 
 
 def verified_examples(

@@ -10,6 +10,7 @@ the full batch's gradient exactly.
 """
 
 import math
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -26,7 +27,7 @@ from .logprobs import (
     token_logprobs,
     why_prompts_cannot_be_shared,
 )
-from .methods import method
+from .methods import method, skips_zero_advantage
 from .metrics import StepStats, iteration_metrics
 from .models import checkpoint_layers
 
@@ -106,25 +107,56 @@ def micro_batch_rows(config: TrainConfig, width: int) -> int:
     return max(rows, 1)
 
 
-def plan_updates(sizes: list[int], width: int, config: TrainConfig) -> list[list[list[int]]]:
-    """Member rows (groups of `sizes` rows, in order) -> updates_per_batch updates, each a
-    list of micro-batches of row indices.
+@dataclass
+class UpdatePlan:
+    """One optimizer update's rows: all of them (the loss's normaliser counts every one)
+    and, in micro-batches, those that run forward and backward."""
+
+    rows: list[int]
+    micro_batches: list[list[int]]
+
+
+def plan_updates(
+    sizes: list[int], width: int, config: TrainConfig, run: np.ndarray | None = None
+) -> list[UpdatePlan]:
+    """Member rows (groups of `sizes` rows, in order) -> updates_per_batch updates.
 
     Updates split along group boundaries (a group's members update the same weights);
     `grad_accumulation_steps` splits each update into at least that many parts along
-    group boundaries too; then parts longer than `micro_batch_rows` are cut further."""
+    group boundaries too; then the rows of a part that run (`run`, default all) are cut
+    into micro-batches of at most `micro_batch_rows`."""
     starts = np.cumsum([0] + list(sizes))
     group_rows = [list(range(starts[g], starts[g + 1])) for g in range(len(sizes))]
     per_micro = micro_batch_rows(config, width)
     plan = []
     for update in np.array_split(np.arange(len(group_rows)), config.updates_per_batch):
-        micro = []
+        every, micro = [], []
         for part in np.array_split(update, config.grad_accumulation_steps):
             rows = [r for g in part for r in group_rows[g]]
+            every += rows
+            rows = [r for r in rows if run is None or run[r]]
             micro += [rows[i : i + per_micro] for i in range(0, len(rows), per_micro)]
-        if micro:
-            plan.append(micro)
+        plan.append(UpdatePlan(every, micro))  # with no rows too: every rank updates alike
     return plan
+
+
+def rows_to_run(config: TrainConfig, mask: mx.array, advantages: mx.array) -> np.ndarray:
+    """Which rows the update runs. Where the loss is a multiple of each row's advantage
+    (`methods.skips_zero_advantage`), a row with A = 0, or with no scored token,
+    contributes exactly nothing: it gets no forward and no backward. Every row still
+    counts in the loss's normaliser (`normaliser`), so the update is the same."""
+    rows = mask.shape[0]
+    if not (config.skip_zero_advantage and skips_zero_advantage(config)):
+        return np.ones(rows, dtype=bool)
+    return (np.array(advantages) != 0) & (np.array(mask.sum(axis=1)) > 0)
+
+
+def normaliser(config: TrainConfig, mask: mx.array) -> mx.array:
+    """The loss's divisor over these rows: their scored tokens under token-mean (as the
+    reference), their number under the seq-mean modes."""
+    if config.loss_agg == "token-mean":
+        return mask.sum()
+    return mx.array(float(mask.shape[0]))
 
 
 def trim_padding(tokens: mx.array, mask: mx.array, start: int, multiple: int = 32):
@@ -190,45 +222,31 @@ class Stepper:
             return self.value_and_grad(start, *batch)
         return self.shared_value_and_grad(spans, start, *batch)
 
-    def _weight(self, batch: tuple, stats: mx.array) -> mx.array:
-        """The loss's divisor for this micro-batch: weighting each micro-batch's gradient by
-        it makes accumulation over micro-batches and ranks equal one big batch."""
-        if self.config.loss_agg == "token-mean":
-            return stats[0]  # its response tokens
-        return mx.array(float(batch[0].shape[0]))  # the seq-mean modes: its sequences
-
     def _has_signal(self, micro_batches: list[tuple]) -> bool:
-        """False when every trained row's advantage is zero (all groups zero-variance):
-        the gradient is zero, but AdamW's momentum and weight decay would still move
-        the weights. GRPO's KL term and SFT/DFT (advantage 1) always have a gradient."""
-        if not method(self.config).samples or self.config.kl_coef:
-            return True
-        signal = sum(
-            (mx.abs(adv) * (mask.sum(axis=1) > 0)).sum() for _, mask, adv, *_ in micro_batches
-        )
-        if self.ranks is not None and self.ranks.size() > 1:  # every rank decides alike
-            signal = mx.distributed.all_sum(signal, group=self.ranks, stream=mx.cpu)
-        return signal.item() != 0  # NaN is not "no signal": the update skips it as non-finite
+        """False when no row of the update (on any rank) has a gradient: no row at all,
+        or, where the loss is advantage-weighted, every row's advantage zero (all groups
+        zero-variance). The gradient is then zero, but AdamW's momentum and weight decay
+        would still move the weights. GRPO's KL term and SFT/DFT (advantage 1) have a
+        gradient on every row."""
+        if skips_zero_advantage(self.config):
+            rows = [(mx.abs(a) * (m.sum(axis=1) > 0)).sum() for _, m, a, *_ in micro_batches]
+            signal = sum(rows, mx.array(0.0)).item()
+        else:
+            signal = float(sum(batch[0].shape[0] for batch in micro_batches))
+        # NaN is not "no signal": the update skips it as non-finite.
+        return distributed.all_ranks_sum(signal, self.ranks) != 0
 
     def _skip(self) -> None:
         # The schedule counts updates, applied or not, so it stays in step with iterations.
         self.optimizer.state["step"] = self.optimizer.step + 1
 
-    def idle_iteration(self) -> dict:
-        """An iteration with no row to train on: its updates are skipped and counted."""
-        for _ in range(self.config.updates_per_batch):
-            self._skip()
-        return {
-            "loss": 0.0,
-            "grad_norm": 0.0,
-            "skipped": 0,
-            "train_tokens": 0,
-            "idle_updates": self.config.updates_per_batch,
-        }
-
-    def update(self, micro_batches: list[tuple], start: int = 0) -> StepStats:
+    def update(
+        self, micro_batches: list[tuple], start: int = 0, divisor: mx.array | None = None
+    ) -> StepStats:
         """One optimizer update from micro-batches (and, distributed, from every rank's
         micro-batches); `start` is the first scored target position (`response_start`).
+        `divisor`: the loss's normaliser over every row of the update, those left out of
+        the micro-batches included (default: over the micro-batches' rows).
         Each micro-batch's gradient is evaluated before the next is built."""
         if not self._has_signal(micro_batches):
             self._skip()
@@ -240,12 +258,18 @@ class Stepper:
             width, n = trim_padding(tokens, mask, start)
             batch = (tokens[:, :width], mask[:, :n], adv, old_lp[:, :n], base_lp[:, :n])
             (loss, s), g = self._value_and_grad(start, batch)
-            w = self._weight(batch, s)
+            # The loss is a mean over this micro-batch: weighted by its normaliser and
+            # summed, then divided by the whole update's, it is one big batch's.
+            w = normaliser(self.config, batch[1])
             g = tree_map(lambda x, w=w: x * w, g)
             grads = g if grads is None else tree_map(mx.add, grads, g)
             total = total + mx.stack([loss * w, w])
             stats = stats + s
             mx.eval(grads, total, stats)
+        if grads is None:  # another rank has rows to run, this one has none
+            grads = tree_map(mx.zeros_like, self.model.trainable_parameters())
+        if divisor is not None:
+            total = mx.stack([total[0], divisor])
         if self.ranks is not None and self.ranks.size() > 1:
             grads = distributed.sum_gradients(grads, self.ranks)
             total = mx.distributed.all_sum(total, group=self.ranks, stream=mx.cpu)
@@ -275,11 +299,23 @@ class Stepper:
         return out
 
 
-def run_updates(stepper: Stepper, sizes: list[int], start: int, arrays: tuple, config) -> dict:
-    """updates_per_batch optimizer updates over one sampled batch, each from its
-    micro-batches; returns the iteration's step metrics."""
+def run_updates(
+    stepper: Stepper, sizes: list[int], start: int, arrays: tuple | None, config
+) -> dict:
+    """updates_per_batch optimizer updates over one sampled batch (`arrays` None: no
+    member to train on, as when every answer was left out), each from its micro-batches
+    of the rows that run (`rows_to_run`); returns the iteration's step metrics."""
+    if arrays is None:
+        run, plans = np.zeros(0, dtype=bool), [UpdatePlan([], [])] * config.updates_per_batch
+    else:
+        run = rows_to_run(config, arrays[1], arrays[2])
+        plans = plan_updates(sizes, int(arrays[0].shape[1]), config, run)
     updates = []
-    for plan in plan_updates(sizes, int(arrays[0].shape[1]), config):
-        micro = [tuple(a[mx.array(rows)] for a in arrays) for rows in plan]
-        updates.append(stepper.update(micro, start))
-    return iteration_metrics(updates)
+    for plan in plans:
+        micro = [tuple(a[mx.array(rows)] for a in arrays) for rows in plan.micro_batches]
+        divisor = normaliser(config, arrays[1][mx.array(plan.rows)]) if plan.rows else None
+        updates.append(stepper.update(micro, start, divisor))
+    metrics = iteration_metrics(updates)
+    if run.size:
+        metrics["quiet_row_frac"] = float(1.0 - run.mean())
+    return metrics

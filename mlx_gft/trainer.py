@@ -12,18 +12,19 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.utils import maybe_set_recommended_wired_limit
 
 from . import distributed
 from . import rewards as rewards_lib
-from .batches import batch_indices, num_iterations, train_batches
+from .batches import DataStream, num_iterations, train_batches
 from .checkpoint import adapter_config, load_checkpoint, save_adapters, save_checkpoint, write_json
 from .config import ConfigError, TrainConfig
 from .data import Example, has_answers
 from .methods import method
-from .metrics import RULES, Reporter, summarise
+from .metrics import RULES, Clock, Reporter, summarise
 from .progress import Progress
 from .reward_batches import TrainerState
-from .rollout import rollout, verified_examples
+from .rollout import gather_groups, verified_examples, with_arrays
 from .step import Stepper, TrainingStopped, make_optimizer, run_updates
 from .validation import make_probe, probe_kl, validate
 
@@ -50,8 +51,9 @@ def train_stage(
     """Train `model` in place (its trainable layers must already be set up); returns the
     reported metrics. Adapters, checkpoints and metrics.jsonl go to config.adapter_path.
 
-    data_offset: batches already used by earlier stages. Iteration i trains on the data
-    (and sampling seed) of iteration data_offset + i, so a later stage goes on through
+    data_offset: batches reserved by earlier stages (`batches.stage_batches`). This stage
+    draws batches from there on in the data order (one per iteration, or several with
+    dynamic sampling), each with its own sampling seed, so a later stage goes on through
     the data instead of seeing the earlier stage's prompts again.
 
     training_callback: an mlx_lm TrainingCallback (or any object with its two methods),
@@ -61,6 +63,9 @@ def train_stage(
         raise ValueError("the training set is empty")
     ranks, log = distributed.init(config, log)
     lead = ranks.rank() == 0  # rank 0 alone logs and writes files
+    # Apple silicon: keep the model's memory wired, as mlx_lm.lora does (a no-op where the
+    # device recommends no working set, as on the CPU).
+    maybe_set_recommended_wired_limit()
     if lead:
         write_json(Path(config.adapter_path) / "adapter_config.json", adapter_config(config))
     optimizer = make_optimizer(config)
@@ -90,33 +95,45 @@ def train_stage(
                 f"--loss {config.loss}: {len(train_set)} of {rows} expert answers pass the "
                 f"reward, fewer than --batch-size {config.batch_size}"
             )
-    start, probe = 0, {}
+    batches = train_batches(config, train_set)
+    total_iters = num_iterations(config, len(batches))
+    start, probe, clock = 0, {}, Clock()
+    stream = DataStream(batches, config.seed, data_offset)
     if config.resume:
         state, probe = load_checkpoint(model, optimizer, config)
         start = state["iteration"]
+        stream.position = state.get("data_position", data_offset + start)
         log(f"Resuming from iteration {start}")
     if not probe and lead:
-        probe = make_probe(model, tokenizer, valid_set or train_set, config)
+        with clock("probe_time"):
+            probe = make_probe(model, tokenizer, valid_set or train_set, config)
     stepper = Stepper(model, optimizer, config, ranks, log)
-    batches = train_batches(config, train_set)
-    total_iters = num_iterations(config, len(batches))
     report = Reporter(config, log, enabled=lead, training_callback=training_callback)
     reports, window, trained_tokens = [], [], 0
     # Data without any teacher answers is the common case, not worth a notice.
     noticed_missing = not any(e.teachers for e in train_set)
+    noticed_short = False
     # A bar on a terminal only: the report lines already tell a log file how far it is.
     progress = Progress(total_iters, "Training", initial=start, unit="iterations") if lead else None
 
-    def save(done: int, numbered: bool = True) -> None:
+    def save(done: int, position: int, numbered: bool = True) -> None:
         if lead:
             save_adapters(model, config, done if numbered else None)
-            state = {"iteration": done, "finished": done == total_iters}
+            state = {"iteration": done, "finished": done == total_iters, "data_position": position}
             save_checkpoint(model, optimizer, config, state, probe)
 
     def evaluate(done: int) -> None:
         tic = time.perf_counter()
         val = validate(model, tokenizer, valid_set, config, reward_fns)
-        report.val({"iteration": done, **val}, time.perf_counter() - tic)
+        seconds = clock.add("val_time", time.perf_counter() - tic)
+        report.val({"iteration": done, **val}, seconds)
+
+    def draw() -> tuple[int, list[Example]]:
+        """The next batch of prompts in the data order (this rank's share), and its
+        sampling seed: resumable, it depends only on the position (and the rank)."""
+        position, indices = stream.next()
+        picked = distributed.shard(indices, ranks)
+        return sampling_seed(config, position, ranks), [train_set[i] for i in picked]
 
     if lead and valid_set and start == 0:
         evaluate(0)  # the starting point, as mlx_lm.lora does: curves begin at the base
@@ -124,42 +141,35 @@ def train_stage(
     try:
         with stop_signals(log) as stop:
             for it in range(start, total_iters):
-                tic = time.perf_counter()
-                # Resumable: the seed depends only on the iteration (and differs per rank).
-                step = data_offset + it
-                seed = (config.seed * 1_000_003 + step) * ranks.size() + ranks.rank()
-                mx.random.seed(seed)
-                picked = distributed.shard(batch_indices(batches, step, config.seed), ranks)
+                first = stream.position  # where this iteration starts drawing
+                mx.random.seed(sampling_seed(config, first, ranks))
+                state = trainer_state(config, it, total_iters, len(batches))
                 try:
-                    batch = rollout(
-                        model,
-                        tokenizer,
-                        [train_set[i] for i in picked],
-                        config,
-                        reward_fns,
-                        seed,
-                        trainer_state(config, it, total_iters, len(batches)),
-                    )
+                    batch = gather_groups(model, tokenizer, draw, config, reward_fns, state, ranks)
                 except rewards_lib.RewardError as e:
                     # Nothing of this iteration is applied yet: keep the work done so far.
                     if it > saved:  # (distributed: the other ranks stop at their next exchange)
-                        save(it)
+                        save(it, first)
                     raise rewards_lib.RewardError(
                         f"{e}\nThe checkpoint of iteration {it} is saved: fix the reward, then "
                         "continue with --resume."
                     ) from e
                 row = batch.metrics
-                if batch.empty:  # every answer of the batch was left out
-                    row.update(stepper.idle_iteration())
-                else:
-                    sizes, arrays = batch.groups.sizes, batch.arrays()
-                    row.update(run_updates(stepper, sizes, batch.start, arrays, config))
+                tic = time.perf_counter()
+                arrays = None
+                if not batch.empty:  # (empty: every answer of the batch was left out)
+                    batch = with_arrays(model, tokenizer, batch, config)
+                    arrays = batch.arrays()
+                row.update(run_updates(stepper, batch.groups.sizes, batch.start, arrays, config))
                 _clear_cache(config.clear_cache_threshold)
-                row["train_time"] = time.perf_counter() - tic - row.get("sample_time", 0.0)
-                row["groups"] = len(picked)
+                row["update_time"] = time.perf_counter() - tic
+                row["groups"] = len(batch.groups.sizes)
                 row["stop"] = float(bool(stop))
                 row = distributed.reduce_metrics(row, RULES, ranks)
-                if row.pop("stop") and not stop:  # another rank was signalled: stop together
+                # Decided once, alike on every rank: a signal arriving after this is seen
+                # at the end of the next iteration.
+                stopping = bool(row.pop("stop"))
+                if stopping and not stop:  # another rank was signalled: stop together
                     stop.append("SIGTERM")
                 row["learning_rate"] = float(optimizer.learning_rate.item())
                 trained_tokens += row["train_tokens"]
@@ -170,16 +180,42 @@ def train_stage(
                         f"{config.teacher_count - 1} teacher answers; their groups are smaller "
                         "(counted as missing_teachers)."
                     )
-                window.append(row)
+                if row.get("groups_kept", config.batch_size) < config.batch_size:
+                    if not noticed_short:
+                        noticed_short = True
+                        log(
+                            f"Note: iteration {it + 1} trains on {row['groups_kept']:.0f} of "
+                            f"{config.batch_size} groups: no more had reward spread in "
+                            f"{config.max_sampling_rounds} batches (--max-sampling-rounds); the "
+                            "report lines count groups and rounds."
+                        )
                 if progress:
                     progress.update()
 
                 done = it + 1
                 last = done == total_iters
-                if done % config.steps_per_report == 0 or last or stop:
+                report_due = done % config.steps_per_report == 0 or last or stopping
+                if lead and valid_set and (done % config.steps_per_eval == 0 or last):
+                    evaluate(done)
+                if done % config.save_every == 0 or last or stopping:
+                    with clock("save_time"):
+                        save(done, stream.position, numbered=not last)
+                    saved = done
+                # The probe is a forward over probe_size long rows: at every report of
+                # a steps_per_report=1 run it cost ~15% of the iteration, so it runs at
+                # the validation cadence and the reports between carry no KL.
+                kl = None
+                if probe and (done % config.steps_per_eval == 0 or last or stopping):
+                    with clock("probe_time"):
+                        kl = probe_kl(model, probe)
+                # Validation, the probe and checkpoints (and, first, the validation and
+                # probe before training) count in the iteration they follow.
+                window.append({**row, **clock.take()})
+                if report_due:
                     summary = summarise(window, done)
+                    if kl is not None:
+                        summary["kl_to_base"] = kl
                     summary.update(
-                        kl_to_base=probe_kl(model, probe),
                         trained_tokens=trained_tokens,
                         peak_memory_gb=mx.get_peak_memory() / 1e9,
                         active_memory_gb=mx.get_active_memory() / 1e9,
@@ -189,12 +225,7 @@ def train_stage(
                     report.train(summary)
                     reports.append(summary)
                     window = []
-                if lead and valid_set and (done % config.steps_per_eval == 0 or last):
-                    evaluate(done)
-                if done % config.save_every == 0 or last or stop:
-                    save(done, numbered=not last)
-                    saved = done
-                if stop and not last:
+                if stopping and not last:
                     raise TrainingInterrupted(
                         f"{stop[0]}: stopped after iteration {done} with a checkpoint in "
                         f"{config.adapter_path}; continue with --resume",
@@ -205,6 +236,12 @@ def train_stage(
             progress.close()
         report.close()
     return reports
+
+
+def sampling_seed(config: TrainConfig, position: int, ranks) -> int:
+    """The seed of the batch at `position` in the data order: resumable, and different on
+    every rank."""
+    return (config.seed * 1_000_003 + position) * ranks.size() + ranks.rank()
 
 
 def trainer_state(

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlx_gft.advantages import group_advantages, zero_variance_fraction
+from mlx_gft.advantages import group_advantages, quiet_groups, zero_variance_fraction
 
 
 def test_hand_computed_group():
@@ -26,6 +26,17 @@ def test_variable_group_sizes():
     np.testing.assert_allclose(adv[:2], [0.7071063, -0.7071063], rtol=1e-5)
     assert np.all(adv[2:] == 0)  # a constant group and a group of one carry no signal
     assert zero_variance_fraction([1, 0, 2, 2, 2, 5], [2, 3, 1]) == pytest.approx(2 / 3)
+
+
+def test_quiet_groups_are_those_with_all_advantages_zero():
+    nan = float("nan")
+    total = [1, 1, 1, 0, 1, nan, 2, nan, nan, 3, nan, 1, 1.00000001]
+    sizes = [3, 2, 2, 2, 1, 3]
+    # all equal; spread; one scored; none scored; one member; equal in float32
+    assert quiet_groups(total, sizes).tolist() == [True, False, True, True, True, True]
+    no_nan = [1, 1, 0, 2, 2, 2, 5]
+    quiet = quiet_groups(no_nan, [2, 1, 3, 1])
+    assert quiet.mean() == zero_variance_fraction(no_nan, [2, 1, 3, 1])
 
 
 def test_scale_none_only_centers_and_batch_scale():

@@ -1,5 +1,6 @@
 """The benchmarks still run (on tiny models; their figures are not checked)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,30 @@ def test_memory_benchmarks_compare_every_variant():
                "--repeats", "1")  # fmt: skip
     rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")]
     assert rows[1:] == ["mlx_lm-sft-step", "gft-one-pass", "gft-default", "gft-unshared"]
+    extra = "grpo-kl,grpo-kl-one-pass,gft-quiet-half-all-rows,gft-quiet-half"
+    out = _run("memory.py", "--shape", "tiny", "--prompt-len", "8", "--answer-len", "8",
+               "--repeats", "1", "--variants", extra)  # fmt: skip
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")]
+    assert rows[1:] == extra.split(",")
+    out = _run("memory.py", "--shape", "tiny", "--prompt-len", "8", "--answer-len", "8",
+               "--repeats", "1", "--bits", "4",
+               "--variants", "mlx_lm-sft-step,gft-default")  # fmt: skip
+    assert "4-bit weights" in out
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["mlx_lm-sft-step", "gft-default"]
     out = _run("memory_iteration.py", "--shape", "tiny", "--prompt-len", "8",
                "--answer-len", "8")  # fmt: skip
     assert "| mlx_lm.lora (SFT) |" in out and "| mlx_gft.lora (GFT) |" in out
+
+
+def test_phases_prints_the_split_of_a_run(tmp_path):
+    rows = [
+        {"iteration": 0, "val_loss": 1.0, "val_time": 4.0},
+        {"iteration": 2, "loss": 0.1, "sample_time": 6.0, "reward_time": 0.2, "update_time": 8.0,
+         "val_time": 4.0, "probe_time": 1.0, "save_time": 0.8},
+    ]  # fmt: skip
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = _run("phases.py", "--metrics", str(metrics))
+    assert "2 iterations, 20.0 s in timed phases" in out
+    assert "| sample | 3.00 | 30% |" in out and "| update | 4.00 | 40% |" in out

@@ -226,18 +226,23 @@ def test_trust_remote_code_reaches_mlx_lm_load(monkeypatch, arithmetic_data, tmp
 # --report-to
 
 
-def test_report_to_unknown_or_missing_service_fails_at_config_time(monkeypatch):
+def test_report_to_unknown_service_fails_at_config_time_missing_package_before_loading(
+    monkeypatch,
+):
+    from mlx_gft import job
+
     with pytest.raises(ConfigError, match="unknown service 'comet'"):
         build_config(report_to="wandb,comet")
     with pytest.raises(ConfigError, match="unknown service"):
         parse_config(["--report-to", "mlflow"])
-    monkeypatch.setitem(sys.modules, "swanlab", None)  # not importable
-    with pytest.raises(ConfigError, match="pip install swanlab"):
-        build_config(report_to="swanlab")
-    monkeypatch.setitem(sys.modules, "tensorboardX", None)
-    with pytest.raises(ConfigError, match="pip install tensorboardX"):
-        build_config(report_to="tensorboard")
     assert build_config(report_to="jsonl").report_to == "jsonl"  # metrics.jsonl: always
+    loaded = []
+    monkeypatch.setattr(job, "_data_name", lambda config: loaded.append(config) or "data")
+    for service, package in (("swanlab", "swanlab"), ("tensorboard", "tensorboardX")):
+        monkeypatch.setitem(sys.modules, package, None)  # not importable
+        with pytest.raises(ConfigError, match=f"pip install {package}"):
+            job.run(build_config(report_to=service, train=True), log=lambda *a: None)
+    assert not loaded  # stopped before the data (and the model) load
 
 
 def _summary(iteration: int) -> dict:
@@ -245,7 +250,7 @@ def _summary(iteration: int) -> dict:
     return {
         "iteration": iteration, "loss": 0.25, "grad_norm": 0.5, "entropy": 1.5,
         "kl_to_base": 0.001, "learning_rate": 1e-5, "train_tokens": 300, "gen_tokens": 200,
-        "sample_time": 2.0, "train_time": 1.0, "it_per_sec": 2 / 3.0, "gen_tok_per_sec": 100.0,
+        "sample_time": 2.0, "update_time": 1.0, "it_per_sec": 2 / 3.0, "gen_tok_per_sec": 100.0,
         "train_tok_per_sec": 300.0, "trained_tokens": 900, "peak_memory_gb": 1.25,
         "active_memory_gb": 0.5, "sample_acc": 0.5, "zero_var_frac": 0.25,
         "reward_sampled": 0.4, "skipped": 0, "idle_updates": 0,
@@ -282,9 +287,9 @@ def test_reports_go_to_services_callback_log_and_jsonl(tmp_path, services):
         "Tokens/sec 100.000, Trained Tokens 900, Peak mem 1.250 GB, Reward 0.400, Acc 0.500"
     )
     assert TRAIN_LINE.match(lines[1]) and VAL_LINE.match(lines[0])
-    # metrics.jsonl rows are the metrics as they were, nothing added.
+    # metrics.jsonl rows are the metrics as they were, and how long validation took.
     rows = [json.loads(s) for s in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert rows == [val_row, _summary(10)]
+    assert rows == [{**val_row, "val_time": 0.5}, _summary(10)]
     # The callback: mlx_lm's keys and values first, then every metric of the row.
     assert list(callback.val[0])[:3] == ["iteration", "val_loss", "val_time"]
     assert callback.val[0]["val_time"] == 0.5 and callback.val[0]["val_acc"] == 0.25

@@ -161,12 +161,22 @@ def test_micro_batch_plan_respects_rows_tokens_and_groups():
     sizes = [9, 9, 9, 9]  # batch 4, expert + 8 samples
     config = build_config(batch_size=4)
     (update,) = plan_updates(sizes, 300, config)
-    assert [len(m) for m in update] == [4] * 9  # batch_size rows at a time
-    assert sorted(r for m in update for r in m) == list(range(36))
+    assert [len(m) for m in update.micro_batches] == [4] * 9  # batch_size rows at a time
+    assert sorted(r for m in update.micro_batches for r in m) == update.rows == list(range(36))
     config = build_config(batch_size=4, micro_batch_size=9, micro_batch_tokens=1000)
-    assert {len(m) for m in plan_updates(sizes, 300, config)[0]} == {3}  # 1000 // 300
+    plan = plan_updates(sizes, 300, config)[0]
+    assert {len(m) for m in plan.micro_batches} == {3}  # 1000 // 300
     config = build_config(batch_size=4, micro_batch_size=64, updates_per_batch=2)
-    assert [[len(m) for m in u] for u in plan_updates(sizes, 300, config)] == [[18], [18]]
+    plan = plan_updates(sizes, 300, config)
+    assert [[len(m) for m in u.micro_batches] for u in plan] == [[18], [18]]
+    # Rows that do not run leave the micro-batches, not the update: an update whose
+    # rows all stay out is still an update (skipped as idle, counted by the schedule).
+    run = np.ones(36, dtype=bool)
+    run[:18] = False
+    run[20] = False
+    plan = plan_updates(sizes, 300, config, run)
+    assert [u.rows for u in plan] == [list(range(18)), list(range(18, 36))]
+    assert [u.micro_batches for u in plan] == [[], [[18, 19, *range(21, 36)]]]
 
 
 def test_grpo_with_one_update_needs_no_old_policy_forward(tiny_model):
@@ -229,3 +239,62 @@ def test_grpo_reference_log_probs_run_in_micro_batches(tiny_model, monkeypatch):
     np.testing.assert_allclose(np.array(old), np.array(whole_old), atol=1e-5)
     np.testing.assert_allclose(np.array(base), np.array(whole_base), atol=1e-5)
     assert np.abs(np.array(old - base)).max() > 1e-3
+
+
+def _quiet_batch():
+    """Three groups of four rows sharing a prompt each: the first zero-variance (A = 0
+    for all), the second with one row at its group's mean reward (A = 0 for it), the
+    third with a row that has no scored token (a truncated sample)."""
+    from mlx_gft.advantages import group_advantages
+
+    start, (tokens, mask, _, old, base) = _batch(n_rows=12, seed=4, groups=3)
+    rewards = [1, 1, 1, 1, 1, 0, 0.5, 0.5, 0, 1, 0, 1]
+    adv = group_advantages(rewards, 4)
+    keep = np.ones((12, 1), dtype=np.float32)
+    keep[9] = 0
+    return start, (tokens, mask * mx.array(keep), adv, old, base)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("loss,upb", [("gft", 1), ("grpo", 1), ("grpo", 2)])
+@pytest.mark.parametrize("shared", [True, False])
+def test_leaving_quiet_rows_out_makes_the_same_update(
+    tiny_model, monkeypatch, agg, loss, upb, shared
+):
+    """Rows with A = 0 (or nothing scored) run no forward and no backward, and the
+    weights after the update are those of the update that runs every row."""
+    start, arrays = _quiet_batch()
+    assert np.flatnonzero(np.array(arrays[2])).tolist() == [4, 5, 8, 9, 10, 11]  # row 9: masked
+    rows_run = []
+    forward = Stepper._value_and_grad
+    monkeypatch.setattr(
+        Stepper,
+        "_value_and_grad",
+        lambda self, start, batch: (
+            rows_run.append(batch[0].shape[0]) or forward(self, start, batch)
+        ),
+    )
+    results = {}
+    for skip in (False, True):
+        config = build_config(
+            num_layers=-1, loss=loss, loss_agg=agg, grad_clip=0.0, batch_size=4,
+            micro_batch_size=3, shared_prompt=shared, updates_per_batch=upb,
+            skip_zero_advantage=skip,
+        )  # fmt: skip
+        rows_run.clear()
+        results[skip] = _params_after_update(tiny_model, config, start, arrays, [4, 4, 4])
+        assert sum(rows_run) == (5 if skip else 12)  # A != 0 and something scored: 5 rows
+    (every, m_every), (skipped, m_skipped) = results[False], results[True]
+    np.testing.assert_allclose(m_skipped["loss"], m_every["loss"], rtol=1e-5)
+    assert m_every["quiet_row_frac"] == 0 and m_skipped["quiet_row_frac"] == pytest.approx(7 / 12)
+    for k in every:
+        assert_close(every[k], skipped[k], k)
+    assert max(np.abs(v).max() for v in every.values()) > 1e-4
+
+
+def test_a_kl_term_keeps_every_row(tiny_model):
+    """GRPO's KL to the base has a gradient at A = 0: no row is left out."""
+    start, arrays = _quiet_batch()
+    config = build_config(num_layers=-1, loss="grpo", kl_coef=0.1, batch_size=4)
+    _, metrics = _params_after_update(tiny_model, config, start, arrays, [4, 4, 4])
+    assert metrics["quiet_row_frac"] == 0

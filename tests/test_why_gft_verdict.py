@@ -26,6 +26,10 @@ spec.loader.exec_module(why_gft)
         ("sft+gft: 1-sft", "sft"),  # a pipeline's first stage is SFT at half the steps
         ("sft+gft: 2-sft-verified", "sft"),
         ("sft: 1-sft", "sft"),
+        ("gft:dynamic", "gft"),
+        ("gft:tau=0.1@10", "gft"),
+        ("sft:lr=0.0001", "sft"),
+        ("sft+gft:dynamic: 2-gft", "gft"),
         # RL after either is compared with RL after the other, not with SFT alone.
         ("sft+gft: 3-grpo", None),
         ("sft: 2-grpo", None),
@@ -36,6 +40,20 @@ spec.loader.exec_module(why_gft)
 )
 def test_family(label, family):
     assert why_gft.family(label) == family
+
+
+def test_method_names_carry_options():
+    assert why_gft.parse_method("sft", 20) == (["sft"], 20, {})
+    assert why_gft.parse_method("sft+gft@40", 20) == (["sft", "gft"], 40, {})
+    assert why_gft.parse_method("gft:tau=0.1:dynamic:rounds=3@10", 20) == (
+        ["gft"],
+        10,
+        {"tau": 0.1, "dynamic_sampling": True, "max_sampling_rounds": 3},
+    )
+    assert why_gft.parse_method("sft:lr=1e-4", 20)[2] == {"learning_rate": 1e-4}
+    for bad in ("gft:dynamic=1", "gft:tau", "gft:beta=2"):
+        with pytest.raises(SystemExit, match="unknown option"):
+            why_gft.parse_method(bad, 20)
 
 
 def _runs(**avg_by_label):
@@ -89,3 +107,24 @@ def test_verdict_skips_a_run_not_scored_on_every_seed():
     line = why_gft.verdict(runs, 4)
     assert "GFT-family run gft: avg@4 71.0%" in line and "gft@10" not in line
     assert line.endswith("SFT ahead by 9.0 points (spread ±1.0).")
+
+
+def test_expert_style_writes_off_policy_training_answers_and_an_own_style_warm_start(tmp_path):
+    import argparse
+    import json
+
+    args = argparse.Namespace(
+        warm_start=2, train_size=6, test_problems=8, difficulty=1, wrong_experts=0.0,
+        ood_level=0, expert_style="steps",
+    )  # fmt: skip
+    why_gft.write_task(args, 0, tmp_path)
+
+    def rows(folder):
+        return [json.loads(s) for s in (tmp_path / folder / "train.jsonl").read_text().splitlines()]
+
+    train, warm = rows("data"), rows("data_warm")
+    assert len(train) == 6 and all(r["completion"].endswith("}") for r in train)
+    assert all("\\boxed" in r["completion"] for r in train)
+    assert len(warm) == 8 and all(
+        r["completion"].endswith(f"The answer is {r['answer']}.") for r in warm
+    )
