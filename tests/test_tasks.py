@@ -200,3 +200,30 @@ def test_wrong_experts_slip_the_last_result_of_a_fixed_share_of_train_rows(level
 def test_wrong_experts_out_of_range_rejected():
     with pytest.raises(ValueError, match="wrong_experts must be in"):
         make_dataset(10, 0, 0, wrong_experts=1.5)
+
+
+@pytest.mark.parametrize("level", [1, 3, 5])
+def test_off_policy_experts_same_problems_other_style_all_verified(level):
+    from mlx_gft.rewards import math_reward
+
+    own = make_dataset(60, 20, 30, seed=2, difficulty=level)
+    steps = make_dataset(60, 20, 30, seed=2, difficulty=level, expert_style="steps")
+    assert steps["valid"] == own["valid"] and steps["test"] == own["test"]
+    for o, s in zip(own["train"], steps["train"], strict=True):
+        assert (s["prompt"], s["answer"]) == (o["prompt"], o["answer"])
+        # Another style: none of the own style's sentences, its opening and boxed answer,
+        # the same equations (one per step), about twice as long.
+        assert s["completion"].startswith("Let's work through this step by step.")
+        assert s["completion"].endswith(f"\\boxed{{{o['answer']}}}")
+        assert "The answer is" not in s["completion"] and "starts with" not in s["completion"]
+        equations = re.findall(r"(\d+) [+\-x] (\d+) = (\d+)", s["completion"])
+        assert equations == [(a, n, r) for a, _, n, r in _EQ.findall(o["completion"])]
+        assert len(s["completion"]) > 1.5 * len(o["completion"])
+        assert math_reward(prompt=s["prompt"], completion=s["completion"], answer=s["answer"]) == 1
+
+
+def test_expert_style_checked_and_not_mixed_with_slips():
+    with pytest.raises(ValueError, match="style: 'boxed' is not one of own, steps"):
+        make_dataset(10, 0, 0, expert_style="boxed")
+    with pytest.raises(ValueError, match="slips the 'own' style"):
+        make_dataset(10, 0, 0, wrong_experts=0.3, expert_style="steps")

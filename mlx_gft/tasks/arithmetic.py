@@ -194,12 +194,30 @@ def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
-def make_problem(rng: random.Random, difficulty: int | Difficulty = DEFAULT_LEVEL) -> dict:
+# Expert answer styles. "own": the short worked solution the model is warmed up on.
+# "steps": the same reasoning written as another model would (the paper's off-policy
+# experts): an opening line, numbered steps that name each operation before doing it,
+# a closing sentence and the answer in \boxed{}; about twice as long.
+STYLES = ("own", "steps")
+_STEP = {
+    "+": "Step {i}: {Sub} adds {n} to the {a} {obj}. Adding them: {a} + {n} = {r}.",
+    "-": "Step {i}: {Sub} no longer has {n} of the {a} {obj}. Taking them away: {a} - {n} = {r}.",
+    "*": "Step {i}: The {a} {obj} become {n} times as many. Multiplying: {a} x {n} = {r}.",
+}
+
+
+def make_problem(
+    rng: random.Random, difficulty: int | Difficulty = DEFAULT_LEVEL, style: str = "own"
+) -> dict:
     """One word problem: ``{"prompt", "completion", "answer"}``.
 
-    ``prompt`` is the question, ``completion`` a worked solution ending in
-    ``The answer is N.``, ``answer`` the integer N as a string.
+    ``prompt`` is the question, ``completion`` a worked solution (``style``: "own" ends
+    in ``The answer is N.``, "steps" in ``\\boxed{N}``), ``answer`` the integer N as a
+    string. The style changes only the solution's text: the same `rng` state gives the
+    same question and answer in every style.
     """
+    if style not in STYLES:
+        raise ValueError(f"style: {style!r} is not one of {', '.join(STYLES)}")
     d = resolve_difficulty(difficulty)
     name = rng.choice(sorted(_PEOPLE))
     sub = _PEOPLE[name]
@@ -211,6 +229,7 @@ def make_problem(rng: random.Random, difficulty: int | Difficulty = DEFAULT_LEVE
     start_q, start_s = rng.choice(_START)
     question = [start_q.format(a=total, **fields)]
     solution = [start_s.format(a=total, **fields)]
+    steps = ["Let's work through this step by step.", f"Step 1: {name} begins with {total} {obj}."]
 
     # The first event names the person again so the story reads naturally;
     # later events use the pronoun.
@@ -222,11 +241,14 @@ def make_problem(rng: random.Random, difficulty: int | Difficulty = DEFAULT_LEVE
         step_fields = dict(fields, Sub=name) if i == 0 else fields
         question.append(q_tpl.format(n=n, **step_fields))
         solution.append(s_tpl.format(n=n, a=total, r=result, **step_fields))
+        steps.append(_STEP[op].format(i=i + 2, n=n, a=total, r=result, **step_fields))
         total = result
 
     question.append(rng.choice(_QUESTION).format(**fields))
     solution.append(f"The answer is {total}.")
-    return {"prompt": " ".join(question), "completion": " ".join(solution), "answer": str(total)}
+    steps.append(f"So {name} has {total} {obj} in the end.\n\nFinal answer: \\boxed{{{total}}}")
+    completion = " ".join(solution) if style == "own" else "\n".join(steps)
+    return {"prompt": " ".join(question), "completion": completion, "answer": str(total)}
 
 
 # --------------------------------------------------------------------------------------
@@ -238,12 +260,14 @@ def make_problem(rng: random.Random, difficulty: int | Difficulty = DEFAULT_LEVE
 _MAX_MISSES = 1000
 
 
-def _split(rng: random.Random, n: int, d: Difficulty, taken: set[str]) -> list[dict]:
+def _split(
+    rng: random.Random, n: int, d: Difficulty, taken: set[str], style: str = "own"
+) -> list[dict]:
     """`n` problems whose question text is not already in `taken` (updated in place)."""
     rows: list[dict] = []
     misses = 0
     while len(rows) < n:
-        row = make_problem(rng, d)
+        row = make_problem(rng, d, style)
         if row["prompt"] in taken:
             misses += 1
             if misses > _MAX_MISSES:
@@ -278,6 +302,7 @@ def make_dataset(
     seed: int = 0,
     difficulty: int | Difficulty = DEFAULT_LEVEL,
     wrong_experts: float = 0.0,
+    expert_style: str = "own",
 ) -> dict[str, list[dict]]:
     """Train/valid/test splits with no question text shared between (or within) them.
 
@@ -289,15 +314,20 @@ def make_dataset(
     arithmetic slip (`with_slip`); the questions stay the same as with 0, and valid and
     test stay clean. Real expert data has mistakes: SFT imitates them, GFT's verifier
     gives them a negative advantage.
+
+    expert_style: the training rows' solutions in this style (`STYLES`); the questions
+    and answers are the same as with "own", and valid and test keep "own".
     """
     if not 0.0 <= wrong_experts <= 1.0:
         raise ValueError(f"wrong_experts must be in [0, 1], got {wrong_experts}")
+    if wrong_experts and expert_style != "own":
+        raise ValueError("wrong_experts slips the 'own' style's solutions only")
     d = resolve_difficulty(difficulty)
     taken: set[str] = set()
     out: dict[str, list[dict]] = {}
     for split, n in (("test", n_test), ("valid", n_valid), ("train", n_train)):
         rng = random.Random(f"mlx_gft.arithmetic/{seed}/{split}")
-        out[split] = _split(rng, n, d, taken)
+        out[split] = _split(rng, n, d, taken, expert_style if split == "train" else "own")
     if wrong_experts:
         rng = random.Random(f"mlx_gft.arithmetic/{seed}/wrong")
         picked = rng.sample(range(n_train), round(wrong_experts * n_train))
