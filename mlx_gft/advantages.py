@@ -90,18 +90,18 @@ def scored_advantages(
     group by group, leaving out the samples no reward scored (NaN).
 
     Such a sample gets A = 0 and changes neither its group's mean nor its spread, as if it
-    were not there; a group with no scored sample counts as zero-variance. Without NaN this
-    is exactly `group_advantages` and `zero_variance_fraction`."""
+    were not there; a group with no scored sample counts as zero-variance. The share is
+    `quiet_groups`', the groups the update leaves out. Without NaN this is exactly
+    `group_advantages` and `zero_variance_fraction`."""
     total = np.asarray(total, dtype=np.float64)
+    flat = float(quiet_groups(total, sizes).mean())  # the groups the update leaves out
     scored = ~np.isnan(total)
     if scored.all():
-        return group_advantages(total, sizes, scale=scale), zero_variance_fraction(total, sizes)
+        return group_advantages(total, sizes, scale=scale), flat
     group_of = np.repeat(np.arange(len(sizes)), sizes)
     kept = np.bincount(group_of[scored], minlength=len(sizes))
     adv = np.zeros(len(total), dtype=np.float32)
-    flat = float(np.sum(kept == 0))  # groups with nothing scored teach nothing
     if scored.any():
         kept_sizes = [int(k) for k in kept if k]
         adv[scored] = np.array(group_advantages(total[scored], kept_sizes, scale=scale))
-        flat += round(zero_variance_fraction(total[scored], kept_sizes) * len(kept_sizes))
-    return mx.array(adv), flat / len(sizes)
+    return mx.array(adv), flat
