@@ -444,12 +444,14 @@ def field_names() -> list[str]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config; unknown keys are errors that name the likely intended key."""
+    """Read a YAML config; unknown keys are errors, all of them in one, each with its
+    line and the likely intended key."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
     try:
-        values = yaml.load(path.read_text(), _Yaml) or {}
+        values = yaml.load(text, _Yaml) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(values, dict):
@@ -457,12 +459,32 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     nested = values.pop("config", None)  # mlx_lm.lora's key for -c itself
     if nested is not None and Path(str(nested)).resolve() != path.resolve():
         raise ConfigError(f"{path}: config: {nested!r}: one config file only; pass it with -c")
-    known = field_names()
-    for key in values:
-        norm = key.replace("-", "_")
-        if norm not in known:
-            raise ConfigError(f"{path}: unknown key {key!r}{suggest_key(norm, known)}")
+    unknown = _unknown_keys(yaml.compose(text, _Yaml), field_names()) if values else []
+    if len(unknown) == 1:
+        line, key, hint = unknown[0]
+        raise ConfigError(f"{path}:{line}: unknown key {key!r}{hint}")
+    if unknown:
+        listed = "\n".join(f"  {path}:{line}: {key!r}{hint}" for line, key, hint in unknown)
+        raise ConfigError(f"{path}: {len(unknown)} unknown keys:\n{listed}")
     return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def _unknown_keys(root: yaml.Node, known: list[str]) -> list[tuple[int, str, str]]:
+    """(line, key, suggestion) of every unknown key at the top level and inside
+    lora_parameters, in file order."""
+    out = []
+    for key_node, value_node in root.value:
+        key = str(key_node.value)
+        norm = key.replace("-", "_")
+        line = key_node.start_mark.line + 1
+        if norm == "lora_parameters" and isinstance(value_node, yaml.MappingNode):
+            for sub, _ in value_node.value:
+                if str(sub.value) not in LORA_KEYS:
+                    hint = suggest_key(str(sub.value), LORA_KEYS)
+                    out.append((sub.start_mark.line + 1, f"lora_parameters.{sub.value}", hint))
+        elif norm not in known and norm not in ("config", "<<"):  # <<: a YAML merge
+            out.append((line, key, suggest_key(norm, known)))
+    return out
 
 
 def build_config(yaml_values: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:

@@ -26,6 +26,7 @@ from .config import (
 )
 from .data import DataError
 from .job import run
+from .models import LoadError
 from .rewards import RewardError
 from .trainer import TrainingInterrupted, TrainingStopped
 
@@ -133,17 +134,25 @@ def out_of_memory_message(error: BaseException, config: TrainConfig | None) -> s
 
 
 def _suggest_flag(unknown: list[str]) -> str:
-    """`--lora-layers` -> did you mean --num-layers? (names from other LoRA tools too)."""
+    """`--lora-layers` -> did you mean --num-layers? (names from other LoRA tools too),
+    for every misspelt option at once."""
+    hints = []
     for token in unknown:
         if token.startswith("--"):
             key = token[2:].split("=")[0].replace("-", "_")
             lora_key = ALIASES.get(key, key)
             if lora_key in LORA_KEYS:
-                return f" (LoRA {lora_key} is set in YAML: lora_parameters: {{{lora_key}: ...}})"
+                yaml_only = f"LoRA {lora_key} is set in YAML: lora_parameters: {{{lora_key}: ...}}"
+                hints.append(yaml_only)
+                continue
             close = closest_key(key, field_names())
             if close:
-                return f" (did you mean --{close.replace('_', '-')}?)"
-    return ""
+                hints.append(f"{token.split('=')[0]}: did you mean --{close.replace('_', '-')}?")
+    return f" ({'; '.join(hints)})" if hints else ""
+
+
+# Errors in what the user gave: one line, no traceback.
+USER_ERRORS = (ConfigError, DataError, RewardError, TrainingStopped, LoadError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
-    except (ConfigError, DataError, RewardError, TrainingStopped, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit(130)

@@ -34,11 +34,17 @@ def load_model(
     if model and model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
         # mlx-lm would take it for a malformed Hub id and say so.
         raise FileNotFoundError(f"{model}: no such model file or folder")
-    loaded, tokenizer = load(
-        resolve_model_path(model, dtype),
-        tokenizer_config={"trust_remote_code": trust_remote_code},
-        trust_remote_code=trust_remote_code,
-    )
+    try:
+        loaded, tokenizer = load(
+            resolve_model_path(model, dtype),
+            tokenizer_config={"trust_remote_code": trust_remote_code},
+            trust_remote_code=trust_remote_code,
+        )
+    except Exception as e:
+        message = hub_failure(model, e)
+        if message is None:
+            raise
+        raise LoadError(message) from None
     if adapter_path:
         path = Path(adapter_path)
         for name in ("adapter_config.json", "adapters.safetensors"):
@@ -52,6 +58,31 @@ def load_model(
             ) from None
     loaded.eval()
     return loaded, tokenizer
+
+
+def hub_failure(model: str | None, error: Exception) -> str | None:
+    """One line for a model the Hub could not give (no connection, no such repository,
+    gated): which model, and how to go on offline. None for any other error."""
+    from huggingface_hub import errors
+
+    offline = (
+        f"download it first where there is a network (`hf download {model}`, into the Hub "
+        "cache mlx-lm reads), or pass a local mlx-lm folder or a GGUF file as --model; "
+        "without --model the embedded SmolLM2-135M-Instruct runs offline"
+    )
+    if isinstance(error, errors.GatedRepoError):
+        return (
+            f"{model}: gated on the Hugging Face Hub; accept its terms there, then `hf auth login`"
+        )
+    if isinstance(error, errors.RepositoryNotFoundError):
+        return (
+            f"{model}: no such model on the Hugging Face Hub (or it is private: `hf auth "
+            "login`); a local folder or GGUF file needs a path that exists"
+        )
+    if isinstance(error, (errors.LocalEntryNotFoundError, errors.HfHubHTTPError)):
+        cause = error.__cause__ or error
+        return f"{model}: could not fetch it from the Hugging Face Hub ({cause}); {offline}"
+    return None
 
 
 def _first_lines(error: Exception, keep: int = 3) -> str:

@@ -392,8 +392,12 @@ def test_a_failing_reward_keeps_the_finished_iterations(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--iter", "4"], r"unrecognized arguments: --iter 4 \(did you mean --iters\?\)"),
-        (["--lora-layers", "4"], r"--lora-layers 4 \(did you mean --num-layers\?\)"),
+        (["--iter", "4"], r"unrecognized arguments: --iter 4 \(--iter: did you mean --iters\?\)"),
+        (["--lora-layers", "4"], r"--lora-layers 4 \(--lora-layers: did you mean --num-layers\?\)"),
+        (
+            ["--iter", "4", "--lerning-rate", "1e-5"],
+            r"\(--iter: did you mean --iters\?; --lerning-rate: did you mean --learning-rate\?\)",
+        ),
         (["--alpha", "16"], r"LoRA scale is set in YAML: lora_parameters: \{scale: ...\}"),
         (["--learning-rat", "1e-5"], r"did you mean --learning-rate\?"),
     ],
@@ -422,3 +426,36 @@ def test_yaml_numbers_written_without_a_dot_are_numbers(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             build_config(bad)
+
+
+def test_a_hub_model_that_cannot_be_fetched_is_one_line_that_says_what_to_do():
+    """Offline (HF_HUB_OFFLINE, or no network), a Hub id ends in one line naming the
+    model and the offline ways on, not huggingface_hub's generic connection error."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    argv = ["--model", "mlx-community/no-such-model", "--train", "--iters", "1"]
+    out = subprocess.run(
+        [sys.executable, "-m", "mlx_gft.lora", *argv], env=env, capture_output=True, text=True
+    )
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert last.startswith(
+        "error: mlx-community/no-such-model: could not fetch it from the Hugging Face Hub ("
+    )
+    assert "`hf download mlx-community/no-such-model`" in last and "GGUF file" in last
+
+
+def test_hub_failures_are_told_apart():
+    from types import SimpleNamespace
+
+    from huggingface_hub import errors
+
+    from mlx_gft.models import hub_failure
+
+    def http(kind, status):  # the response's fields the error reads
+        return kind(f"{status}", response=SimpleNamespace(headers={}, request=None))
+
+    assert "no such model on the Hugging Face Hub" in hub_failure(
+        "a/b", http(errors.RepositoryNotFoundError, 404)
+    )
+    assert "gated" in hub_failure("a/b", http(errors.GatedRepoError, 403))
+    assert hub_failure("a/b", ValueError("a bug of ours")) is None

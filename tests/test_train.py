@@ -112,6 +112,27 @@ def test_config_errors_suggest_the_right_name(tmp_path, yaml_text, message):
         parse_config(["-c", str(cfg)])
 
 
+def test_every_unknown_yaml_key_is_named_at_once_with_its_line(tmp_path):
+    """A misspelt file names all its unknown keys, not one per attempt."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "iters: 3\nlerning_rate: 1e-5\nbatch_size: 2\ngroup_sise: 4\n"
+        "lora_parameters: {rank: 8, alpha: 16}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        parse_config(["-c", str(cfg)])
+    assert str(e.value).splitlines() == [
+        f"{cfg}: 3 unknown keys:",
+        f"  {cfg}:2: 'lerning_rate'; did you mean 'learning_rate'?",
+        f"  {cfg}:4: 'group_sise'; did you mean 'group_size'?",
+        f"  {cfg}:5: 'lora_parameters.alpha'; did you mean 'scale'?",
+    ]
+    cfg.write_text("iters: 3\n\nlerning_rate: 1e-5\n")
+    with pytest.raises(ConfigError) as e:
+        parse_config(["-c", str(cfg)])
+    assert str(e.value) == f"{cfg}:3: unknown key 'lerning_rate'; did you mean 'learning_rate'?"
+
+
 def _folder(tmp_path, train_text):
     folder = tmp_path / "bad"
     folder.mkdir()
