@@ -114,7 +114,8 @@ def test_readme_training_commands_parse_and_their_rewards_load():
             assert len(rewards) == len(config.reward)
     mac = next(parse_config(a) for a in commands if "--model" in a)
     assert mac.model == "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
-    assert (mac.loss, mac.data, mac.train) == ("gft", "data", True)
+    assert (mac.loss, mac.data, mac.train) == ("gft", "examples/data/word_problems", True)
+    assert (ROOT / mac.data / "train.jsonl").is_file()
 
 
 def test_files_the_readme_names_exist():
