@@ -50,7 +50,8 @@ from mlx_gft.plots import chain_stages, plot_runs, read_metrics
 from mlx_gft.tasks import DEFAULT_LEVEL, make_dataset
 from mlx_gft.tasks.arithmetic import STYLES
 
-MAX_TOKENS = 64  # per answer, in training samples and held-out evaluation alike
+# An answer in the 'steps' style (the off-policy expert's): its opening step or its box.
+STEPS_STYLE = r"Step 1:|\\boxed\{"
 # Wrong expert answers: SFT imitates them, GFT's verifier scores them 0 (README, Why GFT).
 DEMO_WRONG_EXPERTS = 0.3
 PLOTTED = ("val_entropy", "grad_norm", "kl_to_base", "reward_sampled", "val_acc", "val_loss")
@@ -72,7 +73,7 @@ def options(args: argparse.Namespace, seed: int) -> dict:
         group_size=args.group_size,
         tau=args.tau,
         temperature=1.0,
-        max_completion_length=MAX_TOKENS,
+        max_completion_length=args.max_tokens,
         mask_truncated=True,
         steps_per_report=1,
         steps_per_eval=args.eval_every,
@@ -205,7 +206,9 @@ def _train(config: dict, folder: Path, reuse: bool, label: str) -> dict:
 
 def evaluate_on(args: argparse.Namespace, data: Path | None, adapters: Path | None, **kw) -> dict:
     """mlx_gft.evaluate's numbers for one model on one data folder's test split."""
-    argv = ["--split", "test", "--max-tokens", str(MAX_TOKENS), "--seed", str(kw["seed"])]
+    argv = ["--split", "test", "--max-tokens", str(args.max_tokens), "--seed", str(kw["seed"])]
+    if kw.get("matching"):
+        argv += ["--share-matching", kw["matching"]]
     argv += ["--samples", str(kw.get("samples", 1)), "--limit", str(kw["limit"])]
     argv += ["--temperature", str(kw.get("temperature", 1.0)), "--reward", kw.get("reward", "math")]
     for flag, value in {"--model": args.model, "--data": data, "--adapter-path": adapters}.items():
@@ -218,14 +221,18 @@ def held_out(args: argparse.Namespace, adapters: Path | None, seed: int, out: Pa
     """Held-out numbers for one model: avg@k, pass@1..k and distinct answers at T = 1 and
     greedy accuracy on the test problems; avg@k on harder ones; capitals, greedy."""
     k, n = args.eval_samples, args.test_problems
-    main = evaluate_on(args, args.data, adapters, seed=seed, samples=k, limit=n)
+    style = STEPS_STYLE if getattr(args, "expert_style", "own") == "steps" else None
+    main = evaluate_on(args, args.data, adapters, seed=seed, samples=k, limit=n, matching=style)
     found = {
         "avg_at_k": main["avg_at_k"],
         "avg_stderr": main["avg_at_k_stderr"],
         "greedy": main["greedy"],
         "pass_at": main["pass_at"],
         "distinct": main["distinct_answers"],
+        "answer_tokens": main["answer_tokens"],
     }
+    if main["share_matching"] is not None:
+        found["style_share"] = main["share_matching"]
     if (out / "data_ood").exists():
         limit = args.ood_problems
         ood = evaluate_on(args, out / "data_ood", adapters, seed=seed, samples=k, limit=limit)
@@ -357,6 +364,8 @@ COLUMNS = (  # (key, heading, format)
     ("pass_at_k", "pass@{k}", "{:.1%}"),
     ("greedy", "greedy", "{:.1%}"),
     ("distinct", "distinct answers", "{:.2f}"),
+    ("answer_tokens", "answer length, tokens", "{:.1f}"),
+    ("style_share", "answers in the expert's style", "{:.1%}"),
     ("ood_avg", "harder problems avg@{k}", "{:.1%}"),
     ("capitals", "capitals (not trained)", "{:.1%}"),
     ("val_entropy", "val entropy, end", "{:.3f}"),
@@ -495,6 +504,12 @@ def main() -> None:
         default="own",
         help="built-in task: the training answers' style; 'steps' is off-policy for the model "
         "(numbered steps and \\boxed{}, while the warm start keeps the short 'own' style)",
+    )
+    ap.add_argument(
+        "--max-tokens",
+        type=int,
+        default=64,
+        help="new tokens per answer, in training samples and held-out scoring alike",
     )
     ap.add_argument("--train-size", type=int, default=1000, help="built-in training rows")
     ap.add_argument(

@@ -10,8 +10,10 @@ answer. The numbers, per-problem counts and settings go to a JSON file.
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,16 @@ def sampled_batches(
         yield chunk, outs
 
 
+@dataclass
+class Scored:
+    """What score_samples returns: rewards (problems, samples), the texts per problem and
+    every sample's length in new tokens (problem-major)."""
+
+    rewards: np.ndarray
+    texts: list[list[str]]
+    lengths: list[int]
+
+
 def score_samples(
     model,
     tokenizer,
@@ -126,11 +138,11 @@ def score_samples(
     min_p: float = 0.0,
     max_concurrency: int | None = None,
     progress: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, list[list[str]]]:
-    """Rewards (problems, samples) and the sampled texts, `batch_size` prompts at a time;
-    `progress(n)` after each batch of n problems."""
+) -> Scored:
+    """Rewards (problems, samples), the sampled texts and their lengths in tokens,
+    `batch_size` prompts at a time; `progress(n)` after each batch of n problems."""
     reward_fns = rewards_lib.load_rewards([reward])
-    scores, texts = [], []
+    scores, texts, lengths = [], [], []
     batches = sampled_batches(
         model,
         tokenizer,
@@ -152,10 +164,11 @@ def score_samples(
         total, _ = rewards_lib.score(reward_fns, reward_inputs(Groups(members, [])))
         scores.append(total.reshape(len(chunk), samples))
         texts += [[s.text for s in outs[i : i + samples]] for i in range(0, len(outs), samples)]
+        lengths += [len(s.tokens) for s in outs]
         if progress is not None:
             progress(len(chunk))
     table = np.concatenate(scores) if scores else np.zeros((0, samples))
-    return table, texts
+    return Scored(table, texts, lengths)
 
 
 def accuracy(
@@ -173,16 +186,18 @@ def accuracy(
     min_p: float = 0.0,
     max_concurrency: int | None = None,
     progress: Callable[[int], None] | None = None,
+    matching: str | None = None,
 ) -> dict:
     """Score `samples` answers per prompt; temperature 0 is greedy (then samples = 1).
 
     Returns n, samples, temperature, top_k, min_p, avg_at_k (and its standard error over
-    problems), pass_at_k and `correct`,
-    the number of correct samples of each problem.
+    problems), pass_at_k, `correct` (the number of correct samples of each problem),
+    answer_tokens (the samples' mean length) and, given a regular expression `matching`,
+    share_matching: the share of samples it finds in (None without one).
     """
     if temperature == 0:
         samples = 1  # greedy answers are all the same
-    table, texts = score_samples(
+    scored = score_samples(
         model,
         tokenizer,
         examples,
@@ -197,7 +212,12 @@ def accuracy(
         max_concurrency=max_concurrency,
         progress=progress,
     )
+    table, texts = scored.rewards, scored.texts
     avg, passed = avg_and_pass_at_k(table)
+    flat = [t for problem in texts for t in problem]
+    share = None
+    if matching is not None and flat:
+        share = sum(re.search(matching, t) is not None for t in flat) / len(flat)
     return {
         "n": len(examples),
         "samples": samples,
@@ -210,6 +230,8 @@ def accuracy(
         "pass_at": pass_at_k_curve(table),  # pass@1 .. pass@samples
         "distinct_answers": distinct_answers(texts),
         "correct": [int(c) for c in (table > 0).sum(axis=1)],
+        "answer_tokens": float(np.mean(scored.lengths)) if scored.lengths else None,
+        "share_matching": share,
     }
 
 
@@ -296,6 +318,7 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
             top_k=args.top_k,
             min_p=args.min_p,
             progress=progress.update,
+            matching=args.share_matching,
             **common,
         )
     if args.temperature == 0:
@@ -320,6 +343,9 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
         "pass_at": sampled["pass_at"],
         "distinct_answers": sampled["distinct_answers"],
         "greedy": greedy["avg_at_k"],
+        "answer_tokens": sampled["answer_tokens"],
+        "share_matching": sampled["share_matching"],
+        "matching": args.share_matching,
         "correct": sampled["correct"],
         "greedy_correct": greedy["correct"],
         "reward": args.reward,
@@ -348,6 +374,13 @@ def format_table(result: dict) -> str:
         f"{'distinct':<10}{result['distinct_answers']:.2f}  (final answers per problem)",
         f"{'greedy':<10}{result['greedy']:.3f}  (T=0, one answer)",
     ]
+    if result.get("answer_tokens") is not None:
+        lines.append(f"{'length':<10}{result['answer_tokens']:.1f}  (new tokens per sample, mean)")
+    if result.get("share_matching") is not None:
+        lines.append(
+            f"{'matching':<10}{result['share_matching']:.3f}  "
+            f"(share of samples with /{result['matching']}/)"
+        )
     return "\n".join(lines)
 
 
@@ -376,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-p", type=float, default=0.0, help="sampling min-p (default: 0.0, off)")
     p.add_argument("--max-tokens", type=int, default=256, help="new tokens per answer")
     p.add_argument("--reward", default="math", help="verifier (default: math) or file.py:fn")
+    p.add_argument(
+        "--share-matching",
+        metavar="REGEX",
+        help="also report the share of samples this regular expression finds in (a format or "
+        "style, e.g. 'boxed')",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="prompts sampled together")
     p.add_argument(
         "--max-concurrency",
@@ -394,6 +433,11 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
+    if args.share_matching is not None:
+        try:
+            re.compile(args.share_matching)
+        except re.error as e:
+            parser.error(f"--share-matching: not a regular expression: {e}")
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
         parser.error("--temperature must be >= 0")
     check_sampling_options(parser, args)

@@ -122,7 +122,7 @@ def test_teacher_adapters_are_loaded(tiny_model, arithmetic_data, tmp_path, caps
     model, tokenizer = load_model(str(tiny_model), str(adapters))
     rows = load_splits(str(arithmetic_data))["valid"]
     examples = evaluate.sampling_examples(rows, tokenizer, model)
-    _, greedy = evaluate.score_samples(model, tokenizer, examples, temperature=0.0, max_tokens=6)
+    greedy = evaluate.score_samples(model, tokenizer, examples, temperature=0.0, max_tokens=6).texts
     assert adapted == greedy
 
     with pytest.raises(SystemExit, match="adapter_config.json: not found"):

@@ -1,6 +1,7 @@
 """Held-out evaluation: avg@k / pass@k arithmetic, the sampler loop and the CLI."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from mlx_gft.sampling import Sample
 RESULT_KEYS = {
     "n", "samples", "temperature", "top_k", "min_p", "max_concurrency", "max_tokens", "seed",
     "avg_at_k", "avg_at_k_stderr", "pass_at_k", "pass_at", "distinct_answers", "greedy", "correct",
-    "greedy_correct", "reward", "model",
+    "greedy_correct", "reward", "model", "answer_tokens", "share_matching", "matching",
     "adapter_path", "data", "dataset_config", "split",
 }  # fmt: skip
 
@@ -175,6 +176,28 @@ def _recording_reward(folder):
 
 
 @pytest.mark.slow
+def test_answer_length_and_the_share_a_pattern_finds(tiny_model, arithmetic_data, tmp_path, capsys):
+    """The samples' mean length in tokens and the share of them a regular expression finds
+    in (how off-policy experiments count answers in the expert's style)."""
+    reward, completions = _recording_reward(tmp_path)
+    out = tmp_path / "r.json"
+    argv = f"--model {tiny_model} --data {arithmetic_data} --split valid --limit 3 --samples 3 "
+    argv += f"--max-tokens 6 --reward {reward} --output {out} --share-matching [aeiou]"
+    main(argv.split())
+    sampled = completions()[:9]
+    result = json.loads(out.read_text())
+    assert result["share_matching"] == pytest.approx(
+        sum(re.search("[aeiou]", t) is not None for t in sampled) / 9
+    )
+    assert 1 <= result["answer_tokens"] <= 6 and result["matching"] == "[aeiou]"
+    assert "share of samples with /[aeiou]/" in capsys.readouterr().out
+    main(argv.replace(" --share-matching [aeiou]", "").split())
+    assert json.loads(out.read_text())["share_matching"] is None
+    with pytest.raises(SystemExit):
+        main([*argv.split()[:-1], "(unclosed"])
+    assert "--share-matching: not a regular expression" in capsys.readouterr().err
+
+
 def test_cli_top_k_1_samples_the_greedy_answer(tiny_model, arithmetic_data, tmp_path, capsys):
     reward, completions = _recording_reward(tmp_path)
     out = tmp_path / "r.json"
@@ -246,7 +269,7 @@ def test_adapters_change_what_is_evaluated(tiny_model, arithmetic_data, tmp_path
     for path in (None, adapters):
         model, tok = load_model(str(tiny_model), str(path) if path else None)
         examples = evaluate.sampling_examples(rows, tok, model)
-        _, greedy = score_samples(model, tok, examples, temperature=0.0, max_tokens=8)
+        greedy = score_samples(model, tok, examples, temperature=0.0, max_tokens=8).texts
         texts.append(greedy)
     assert len(texts[0]) == 4 and texts[0] != texts[1]
 

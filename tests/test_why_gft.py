@@ -137,3 +137,23 @@ def test_score_every_scores_each_run_at_its_checkpoints(tiny_model, tmp_path):
     # A checkpoint row's curves stop at its iteration.
     assert found["gft@1"]["kl_to_base"] != found["gft@3"]["kl_to_base"]
     assert found["gft@1"]["folder"].endswith("gft@3/at-1")
+
+
+def test_off_policy_runs_report_style_share_and_length(tiny_model, tmp_path):
+    """--expert-style steps: every scored row says how many answers are in the expert's
+    style and how long they are; --max-tokens bounds training samples and scoring."""
+    out = tmp_path / "why"
+    cmd = [sys.executable, str(SCRIPT), "--model", str(tiny_model), "--iters", "1"]
+    cmd += ["--test-problems", "4", "--eval-samples", "2", "--num-layers", "-1"]
+    cmd += ["--train-size", "8", "--wrong-experts", "0", "--ood-level", "0", "--no-forgetting"]
+    cmd += ["--expert-style", "steps", "--max-tokens", "5", "--methods", "sft", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads((out / "summary.json").read_text())
+    for label in ("base", "sft"):
+        assert 0.0 <= found[label]["style_share"] <= 1.0
+        assert 1 <= found[label]["answer_tokens"] <= 5
+    head = _rows(out / "summary.md")[0]
+    assert "answers in the expert's style" in head and "answer length, tokens" in head
+    config = json.loads((out / "sft" / "adapter_config.json").read_text())
+    assert config["max_completion_length"] == 5
