@@ -205,8 +205,16 @@ def _train(config: dict, folder: Path, reuse: bool, label: str) -> dict:
 
 
 def evaluate_on(args: argparse.Namespace, data: Path | None, adapters: Path | None, **kw) -> dict:
-    """mlx_gft.evaluate's numbers for one model on one data folder's test split."""
-    argv = ["--split", "test", "--max-tokens", str(args.max_tokens), "--seed", str(kw["seed"])]
+    """mlx_gft.evaluate's numbers for one model on one data folder's test split (or
+    kw split)."""
+    argv = [
+        "--split",
+        kw.get("split", "test"),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--seed",
+        str(kw["seed"]),
+    ]
     if kw.get("matching"):
         argv += ["--share-matching", kw["matching"]]
     argv += ["--samples", str(kw.get("samples", 1)), "--limit", str(kw["limit"])]
@@ -222,7 +230,10 @@ def held_out(args: argparse.Namespace, adapters: Path | None, seed: int, out: Pa
     greedy accuracy on the test problems; avg@k on harder ones; capitals, greedy."""
     k, n = args.eval_samples, args.test_problems
     style = STEPS_STYLE if getattr(args, "expert_style", "own") == "steps" else None
-    main = evaluate_on(args, args.data, adapters, seed=seed, samples=k, limit=n, matching=style)
+    split = getattr(args, "score_split", "test")
+    main = evaluate_on(
+        args, args.data, adapters, seed=seed, samples=k, limit=n, matching=style, split=split
+    )
     found = {
         "avg_at_k": main["avg_at_k"],
         "avg_stderr": main["avg_at_k_stderr"],
@@ -230,6 +241,7 @@ def held_out(args: argparse.Namespace, adapters: Path | None, seed: int, out: Pa
         "pass_at": main["pass_at"],
         "distinct": main["distinct_answers"],
         "answer_tokens": main["answer_tokens"],
+        "scored_on": split,
     }
     if main["share_matching"] is not None:
         found["style_share"] = main["share_matching"]
@@ -480,6 +492,13 @@ def main() -> None:
     ap.add_argument("--num-layers", type=int, default=16, help="LoRA layers, -1 for all")
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--test-problems", type=int, default=64)
+    ap.add_argument(
+        "--score-split",
+        choices=("test", "valid"),
+        default="test",
+        help="the split the main table scores: valid to choose settings (a learning rate) "
+        "without looking at the test problems (the built-in task has 100 valid rows)",
+    )
     ap.add_argument(
         "--eval-samples", type=int, default=4, help="k of avg@k after training, 0 to skip"
     )

@@ -147,12 +147,14 @@ def test_off_policy_runs_report_style_share_and_length(tiny_model, tmp_path):
     cmd += ["--test-problems", "4", "--eval-samples", "2", "--num-layers", "-1"]
     cmd += ["--train-size", "8", "--wrong-experts", "0", "--ood-level", "0", "--no-forgetting"]
     cmd += ["--expert-style", "steps", "--max-tokens", "5", "--methods", "sft", "--out", str(out)]
+    cmd += ["--score-split", "valid"]  # as the learning rate is chosen
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads((out / "summary.json").read_text())
     for label in ("base", "sft"):
         assert 0.0 <= found[label]["style_share"] <= 1.0
         assert 1 <= found[label]["answer_tokens"] <= 5
+        assert found[label]["scored_on"] == "valid"
     head = _rows(out / "summary.md")[0]
     assert "answers in the expert's style" in head and "answer length, tokens" in head
     config = json.loads((out / "sft" / "adapter_config.json").read_text())
