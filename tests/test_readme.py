@@ -122,3 +122,13 @@ def test_the_coming_from_trl_command_runs_as_written(tmp_path, monkeypatch):
     assert adapters == tmp_path / "adapters" / "from_trl"
     rows = [json.loads(x) for x in (adapters / "metrics.jsonl").read_text().splitlines()]
     assert any("reward_sampled" in r for r in rows)  # the README's reward scored them
+
+
+def test_the_clone_and_blas_lines_come_before_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    first = next(i for i, b in enumerate(blocks) if "quickstart.yaml" in b)
+    setup = blocks[first - 1]
+    assert "git clone" in setup and "&& cd mlx_gft" in setup
+    assert "apt-get install -y libopenblas0-pthread" in setup
+    assert "pytest" in blocks[first + 1]
