@@ -46,6 +46,7 @@ from mlx_gft.config import build_config
 from mlx_gft.evaluate import build_parser as evaluate_parser
 from mlx_gft.evaluate import evaluate
 from mlx_gft.job import run
+from mlx_gft.metrics import jsonable
 from mlx_gft.plots import chain_stages, plot_runs, read_metrics
 from mlx_gft.tasks import DEFAULT_LEVEL, make_dataset
 from mlx_gft.tasks.arithmetic import STYLES
@@ -582,7 +583,9 @@ def main() -> None:
     for seed in seeds:
         out = out_dir / f"seed{seed}" if len(seeds) > 1 else out_dir
         per_seed[seed] = compare(args, seed, out)
-        (out / "summary.json").write_text(json.dumps(per_seed[seed], indent=1))
+        # What a run did not measure (an SFT run's zero-variance share) is null, not NaN.
+        found = {label: jsonable(r) for label, r in per_seed[seed].items()}
+        (out / "summary.json").write_text(json.dumps(found, indent=1))
     summary = table(per_seed, args.eval_samples)
     if len(seeds) > 1:
         summary = f"Seeds {args.seeds}: mean ± half the range\n\n" + summary
