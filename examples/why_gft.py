@@ -22,6 +22,7 @@ than it trained on (`--ood-level`, built-in task); and on a task nobody trains o
     python examples/why_gft.py --methods sft@60,gft    # SFT with its own count, 60 iterations
     python examples/why_gft.py --methods sft,gft,gft:dynamic,gft:tau=0.1,sft:lr=1e-4
                                   # options per method: dynamic sampling, tau, lr, rounds
+    python examples/why_gft.py --methods sft:lr=3e-5+gft:lr=1e-4   # each stage its own lr
     python examples/why_gft.py --score-every 10        # and each run at 10, 20, ...
                                                        # iterations: its best step count
     python examples/why_gft.py --warm-start 6 --train-size 16 --wrong-experts 0 --seeds 0,1,2
@@ -95,41 +96,51 @@ METHOD_OPTIONS = {
 }
 
 
-def parse_method(name: str, iters: int) -> tuple[list[str], int, dict]:
-    """'sft' -> (['sft'], iters, {}); 'sft@60' -> (['sft'], 60, {}); 'sft+gft' -> both
-    stages; 'gft:tau=0.1:dynamic' -> (['gft'], iters, {'tau': 0.1, 'dynamic_sampling':
-    True}): options for every stage of the method."""
+def parse_method(name: str, iters: int) -> tuple[list[str], int, list[dict]]:
+    """'sft' -> (['sft'], iters, [{}]); 'sft@60' -> (['sft'], 60, [{}]); 'sft+gft' -> both
+    stages; 'gft:tau=0.1:dynamic' -> (['gft'], iters, [{'tau': 0.1, 'dynamic_sampling':
+    True}]). A stage's options follow its name, so each stage of a pipeline keeps its own
+    learning rate: 'sft:lr=3e-5+gft:lr=1e-4' -> one options mapping per stage."""
     body, _, n = name.partition("@")
-    losses, *opts = body.split(":")
-    overrides = {}
-    for opt in opts:
-        key, eq, value = opt.partition("=")
-        if key not in METHOD_OPTIONS or bool(eq) == (METHOD_OPTIONS[key][1] is None):
-            raise SystemExit(
-                f"--methods {name}: unknown option {opt!r}; options: tau=X, lr=X, rounds=N, dynamic"
-            )
-        field, kind = METHOD_OPTIONS[key]
-        overrides[field] = True if kind is None else kind(value)
-    return losses.split("+"), int(n) if n else iters, overrides
+    losses, options = [], []
+    for stage in body.split("+"):
+        loss, *opts = stage.split(":")
+        overrides = {}
+        for opt in opts:
+            key, eq, value = opt.partition("=")
+            if key not in METHOD_OPTIONS or bool(eq) == (METHOD_OPTIONS[key][1] is None):
+                raise SystemExit(
+                    f"--methods {name}: unknown option {opt!r}; options: tau=X, lr=X, "
+                    "rounds=N, dynamic"
+                )
+            field, kind = METHOD_OPTIONS[key]
+            overrides[field] = True if kind is None else kind(value)
+        losses.append(loss)
+        options.append(overrides)
+    return losses, int(n) if n else iters, options
 
 
 def train_method(name: str, args: argparse.Namespace, seed: int, out: Path) -> dict:
     """`name` is a loss, or losses joined by '+' that share the iterations in turn
     (sft+gft: the paper's pipeline, at the same number of examples seen as sft), with
-    ':option' settings (METHOD_OPTIONS) and an optional '@N' for N iterations instead of
-    --iters."""
+    ':option' settings (METHOD_OPTIONS) after each stage's loss and an optional '@N' for
+    N iterations instead of --iters."""
     folder = out / name.replace(":", "-")
-    losses, iters, overrides = parse_method(name, args.iters)
+    losses, iters, stage_options = parse_method(name, args.iters)
     config = dict(options(args, seed), loss=losses[0], adapter_path=str(folder), iters=iters)
-    config.update(overrides)
     if args.warm_start:
         config["resume_adapter_file"] = str(out / "warm-start" / "adapters.safetensors")
-    stages = [{"loss": loss, "iters": iters // len(losses)} for loss in losses]
+    stages = [
+        {"loss": loss, "iters": iters // len(losses), **opts}
+        for loss, opts in zip(losses, stage_options, strict=True)
+    ]
     if args.then_grpo and losses[-1] in ("sft", "sft-verified", "gft"):
         stages.append({"loss": "grpo", "iters": args.then_grpo})
     if len(stages) > 1:
         config["stages"] = stages
-    elif args.score_every:
+    else:
+        config.update(stage_options[0])
+    if len(stages) == 1 and args.score_every:
         config["save_every"] = args.score_every
     record = _train(config, folder, args.reuse, f"{name} (seed {seed})")
     if len(stages) == 1:
@@ -425,8 +436,8 @@ def family(label: str) -> str | None:
     None for the rest (base, warm start, anything with GRPO: RL is compared separately).
     A staged run's rows are its stages, labelled 'sft+gft: 2-gft'."""
     method, _, stage = label.partition(": ")
-    name = stage.partition("-")[2] if stage else method.partition("@")[0].partition(":")[0]
-    losses = set(name.split("+"))
+    stages = [stage.partition("-")[2]] if stage else method.partition("@")[0].split("+")
+    losses = {s.partition(":")[0] for s in stages}
     if "grpo" in losses:
         return None
     if "gft" in losses:
@@ -483,8 +494,8 @@ def main() -> None:
     ap.add_argument(
         "--methods",
         help="losses, a+b for stages, a@N for N iterations, a:option for per-method "
-        "settings (tau=X, lr=X, rounds=N, dynamic) (default: sft,gft; with wrong answers "
-        "sft,sft-verified,gft)",
+        "(per-stage) settings (tau=X, lr=X, rounds=N, dynamic) (default: sft,gft; with "
+        "wrong answers sft,sft-verified,gft)",
     )
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--learning-rate", type=float, default=3e-5)

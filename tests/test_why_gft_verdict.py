@@ -30,6 +30,9 @@ spec.loader.exec_module(why_gft)
         ("gft:tau=0.1@10", "gft"),
         ("sft:lr=0.0001", "sft"),
         ("sft+gft:dynamic: 2-gft", "gft"),
+        ("sft:lr=3e-5+gft:lr=1e-4: 1-sft", "sft"),
+        ("sft:lr=3e-5+gft:lr=1e-4", "gft"),
+        ("sft:lr=3e-5@10", "sft"),
         # RL after either is compared with RL after the other, not with SFT alone.
         ("sft+gft: 3-grpo", None),
         ("sft: 2-grpo", None),
@@ -43,14 +46,20 @@ def test_family(label, family):
 
 
 def test_method_names_carry_options():
-    assert why_gft.parse_method("sft", 20) == (["sft"], 20, {})
-    assert why_gft.parse_method("sft+gft@40", 20) == (["sft", "gft"], 40, {})
+    assert why_gft.parse_method("sft", 20) == (["sft"], 20, [{}])
+    assert why_gft.parse_method("sft+gft@40", 20) == (["sft", "gft"], 40, [{}, {}])
     assert why_gft.parse_method("gft:tau=0.1:dynamic:rounds=3@10", 20) == (
         ["gft"],
         10,
-        {"tau": 0.1, "dynamic_sampling": True, "max_sampling_rounds": 3},
+        [{"tau": 0.1, "dynamic_sampling": True, "max_sampling_rounds": 3}],
     )
-    assert why_gft.parse_method("sft:lr=1e-4", 20)[2] == {"learning_rate": 1e-4}
+    assert why_gft.parse_method("sft:lr=1e-4", 20)[2] == [{"learning_rate": 1e-4}]
+    # A pipeline's stages keep their own options (each stage at its own learning rate).
+    assert why_gft.parse_method("sft:lr=3e-5+gft:lr=1e-4:tau=0.1@10", 20) == (
+        ["sft", "gft"],
+        10,
+        [{"learning_rate": 3e-5}, {"learning_rate": 1e-4, "tau": 0.1}],
+    )
     for bad in ("gft:dynamic=1", "gft:tau", "gft:beta=2"):
         with pytest.raises(SystemExit, match="unknown option"):
             why_gft.parse_method(bad, 20)
@@ -128,3 +137,33 @@ def test_expert_style_writes_off_policy_training_answers_and_an_own_style_warm_s
     assert len(warm) == 8 and all(
         r["completion"].endswith(f"The answer is {r['answer']}.") for r in warm
     )
+
+
+def test_pipeline_stages_train_at_their_own_options(monkeypatch, tmp_path):
+    """'sft:lr=3e-5+gft:lr=1e-4:tau=0.1': the job's stage configs carry each stage's own
+    learning rate and tau, and the run-wide rate stays the command line's."""
+    from argparse import Namespace
+
+    from mlx_gft.config import build_config, stage_configs
+
+    seen = {}
+
+    def fake_train(config, folder, reuse, label):
+        seen["config"] = config
+        return {"minutes": 1.0, "stage_minutes": {}}
+
+    monkeypatch.setattr(why_gft, "_train", fake_train)
+    args = Namespace(
+        model=None, data=str(tmp_path), iters=20, learning_rate=1e-5, num_layers=4,
+        group_size=4, tau=0.5, max_tokens=64, eval_every=10, warm_start=0, then_grpo=0,
+        score_every=0, reuse=False,
+    )  # fmt: skip
+    why_gft.train_method("sft:lr=3e-5+gft:lr=1e-4:tau=0.1", args, 0, tmp_path)
+    stages = stage_configs(build_config(**seen["config"]))
+    assert [(s.loss, s.iters, s.learning_rate, s.tau) for s in stages] == [
+        ("sft", 10, 3e-5, 0.5),
+        ("gft", 10, 1e-4, 0.1),
+    ]
+    why_gft.train_method("gft:lr=1e-4:tau=0.1", args, 0, tmp_path)
+    one = build_config(**seen["config"])
+    assert (one.loss, one.learning_rate, one.tau, one.stages) == ("gft", 1e-4, 0.1, None)
