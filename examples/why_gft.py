@@ -87,13 +87,17 @@ def options(args: argparse.Namespace, seed: int) -> dict:
     )
 
 
-# Per-method options in a method's name, e.g. gft:tau=0.1, sft:lr=1e-4, gft:dynamic.
+# Per-method options in a method's name, e.g. gft:tau=0.1, sft:lr=1e-4, gft:dynamic:
+# key=X takes a value of that type; a flag (True or False here) sets the option to it.
 METHOD_OPTIONS = {
     "tau": ("tau", float),
     "lr": ("learning_rate", float),
-    "dynamic": ("dynamic_sampling", None),  # a flag: DAPO's dynamic sampling
+    "dynamic": ("dynamic_sampling", True),  # DAPO's dynamic sampling
     "rounds": ("max_sampling_rounds", int),
+    # Samples cut off at --max-tokens get a loss too: a rambling sample is pushed down.
+    "no-mask-truncated": ("mask_truncated", False),
 }
+OPTION_NAMES = "tau=X, lr=X, rounds=N, dynamic, no-mask-truncated"
 
 
 def parse_method(name: str, iters: int) -> tuple[list[str], int, list[dict]]:
@@ -108,13 +112,12 @@ def parse_method(name: str, iters: int) -> tuple[list[str], int, list[dict]]:
         overrides = {}
         for opt in opts:
             key, eq, value = opt.partition("=")
-            if key not in METHOD_OPTIONS or bool(eq) == (METHOD_OPTIONS[key][1] is None):
+            field, kind = METHOD_OPTIONS.get(key, (None, None))
+            if field is None or bool(eq) == isinstance(kind, bool):
                 raise SystemExit(
-                    f"--methods {name}: unknown option {opt!r}; options: tau=X, lr=X, "
-                    "rounds=N, dynamic"
+                    f"--methods {name}: unknown option {opt!r}; options: {OPTION_NAMES}"
                 )
-            field, kind = METHOD_OPTIONS[key]
-            overrides[field] = True if kind is None else kind(value)
+            overrides[field] = kind if isinstance(kind, bool) else kind(value)
         losses.append(loss)
         options.append(overrides)
     return losses, int(n) if n else iters, options
@@ -494,7 +497,7 @@ def main() -> None:
     ap.add_argument(
         "--methods",
         help="losses, a+b for stages, a@N for N iterations, a:option for per-method "
-        "(per-stage) settings (tau=X, lr=X, rounds=N, dynamic) (default: sft,gft; with "
+        f"(per-stage) settings ({OPTION_NAMES}) (default: sft,gft; with "
         "wrong answers sft,sft-verified,gft)",
     )
     ap.add_argument("--iters", type=int, default=20)

@@ -60,7 +60,8 @@ def test_method_names_carry_options():
         10,
         [{"learning_rate": 3e-5}, {"learning_rate": 1e-4, "tau": 0.1}],
     )
-    for bad in ("gft:dynamic=1", "gft:tau", "gft:beta=2"):
+    assert why_gft.parse_method("gft:no-mask-truncated", 20)[2] == [{"mask_truncated": False}]
+    for bad in ("gft:dynamic=1", "gft:tau", "gft:beta=2", "gft:no-mask-truncated=1"):
         with pytest.raises(SystemExit, match="unknown option"):
             why_gft.parse_method(bad, 20)
 
