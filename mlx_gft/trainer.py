@@ -112,7 +112,7 @@ def train_stage(
     reports, window, trained_tokens = [], [], 0
     # Data without any teacher answers is the common case, not worth a notice.
     noticed_missing = not any(e.teachers for e in train_set)
-    noticed_short = False
+    noticed_short = noticed_cut = False
     # A bar on a terminal only: the report lines already tell a log file how far it is.
     progress = Progress(total_iters, "Training", initial=start, unit="iterations") if lead else None
 
@@ -189,6 +189,18 @@ def train_stage(
                             f"{config.max_sampling_rounds} batches (--max-sampling-rounds); the "
                             "report lines count groups and rounds."
                         )
+                cut = row.get("truncated_frac", 0.0)
+                if config.mask_truncated and cut >= 0.5 and not noticed_cut:
+                    noticed_cut = True
+                    # Masked, a sample that never ends costs nothing: if the model drifts
+                    # into answers that do not end, nothing in the loss pulls it back.
+                    log(
+                        f"Note: iteration {it + 1}: {cut:.0%} of samples ran to "
+                        f"--max-completion-length {config.max_completion_length} and get no "
+                        "loss (mask_truncated). If that persists, nothing in the loss pushes "
+                        "the model back toward finishing its answers: raise "
+                        "--max-completion-length, or --no-mask-truncated to push them down."
+                    )
                 if progress:
                     progress.update()
 

@@ -63,6 +63,18 @@ def test_each_loss_trains_and_saves_mlx_lm_adapters(tiny_model, arithmetic_data,
     assert [m["iteration"] for m in metrics if "loss" in m] == [1, 2]
 
 
+def test_a_run_whose_samples_do_not_end_says_so_once(tiny_model, arithmetic_data, tmp_path):
+    """The tiny model's samples all run to the length limit: masked (the default), they
+    carry no loss, and the run says so once; unmasked they are trained on, no note."""
+    _, lines = quick_run(tiny_model, arithmetic_data, tmp_path / "a", "--iters", "2")
+    notes = [line for line in lines if "get no loss (mask_truncated)" in line]
+    assert len(notes) == 1 and notes[0].startswith("Note: iteration 1: 100% of samples ran to")
+    _, lines = quick_run(
+        tiny_model, arithmetic_data, tmp_path / "b", "--iters", "1", "--no-mask-truncated"
+    )
+    assert not [line for line in lines if "mask_truncated" in line]
+
+
 def test_resume_matches_an_unbroken_run(tiny_model, arithmetic_data, tmp_path):
     common = ["--save-every", "2", "--seed", "3"]
     quick_run(tiny_model, arithmetic_data, tmp_path / "full", "--iters", "4", *common)
