@@ -197,9 +197,9 @@ def train_stage(
                     log(
                         f"Note: iteration {it + 1}: {cut:.0%} of samples ran to "
                         f"--max-completion-length {config.max_completion_length} and get no "
-                        "loss (mask_truncated). If that persists, nothing in the loss pushes "
-                        "the model back toward finishing its answers: raise "
-                        "--max-completion-length, or --no-mask-truncated to push them down."
+                        "loss (mask_truncated): if that persists, nothing in the loss pulls the "
+                        "model back toward ending its answers (docs/learning.md, off-policy "
+                        "experts)."
                     )
                 if progress:
                     progress.update()
