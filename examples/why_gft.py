@@ -21,7 +21,8 @@ than it trained on (`--ood-level`, built-in task); and on a task nobody trains o
     python examples/why_gft.py --methods sft,sft+gft   # SFT vs SFT -> GFT, same steps
     python examples/why_gft.py --methods sft@60,gft    # SFT with its own count, 60 iterations
     python examples/why_gft.py --methods sft,gft,gft:dynamic,gft:tau=0.1,sft:lr=1e-4
-                                  # options per method: dynamic sampling, tau, lr, rounds
+                                  # options per method: dynamic sampling, tau, lr, rounds,
+                                  # no-mask-truncated (cut-off samples get a loss)
     python examples/why_gft.py --methods sft:lr=3e-5+gft:lr=1e-4   # each stage its own lr
     python examples/why_gft.py --score-every 10        # and each run at 10, 20, ...
                                                        # iterations: its best step count
@@ -117,7 +118,10 @@ def parse_method(name: str, iters: int) -> tuple[list[str], int, list[dict]]:
                 raise SystemExit(
                     f"--methods {name}: unknown option {opt!r}; options: {OPTION_NAMES}"
                 )
-            overrides[field] = kind if isinstance(kind, bool) else kind(value)
+            try:
+                overrides[field] = kind if isinstance(kind, bool) else kind(value)
+            except ValueError:
+                raise SystemExit(f"--methods {name}: {key} takes a number, not {value!r}") from None
         losses.append(loss)
         options.append(overrides)
     return losses, int(n) if n else iters, options
@@ -127,7 +131,8 @@ def train_method(name: str, args: argparse.Namespace, seed: int, out: Path) -> d
     """`name` is a loss, or losses joined by '+' that share the iterations in turn
     (sft+gft: the paper's pipeline, at the same number of examples seen as sft), with
     ':option' settings (METHOD_OPTIONS) after each stage's loss and an optional '@N' for
-    N iterations instead of --iters."""
+    N iterations instead of --iters. A one-loss method's options hold for the whole run
+    (a --then-grpo stage too); a pipeline's stages keep their own."""
     folder = out / name.replace(":", "-")
     losses, iters, stage_options = parse_method(name, args.iters)
     config = dict(options(args, seed), loss=losses[0], adapter_path=str(folder), iters=iters)
@@ -139,10 +144,10 @@ def train_method(name: str, args: argparse.Namespace, seed: int, out: Path) -> d
     ]
     if args.then_grpo and losses[-1] in ("sft", "sft-verified", "gft"):
         stages.append({"loss": "grpo", "iters": args.then_grpo})
+    if len(losses) == 1:  # one loss: its options are the run's, a --then-grpo stage's too
+        config.update(stage_options[0])
     if len(stages) > 1:
         config["stages"] = stages
-    else:
-        config.update(stage_options[0])
     if len(stages) == 1 and args.score_every:
         config["save_every"] = args.score_every
     record = _train(config, folder, args.reuse, f"{name} (seed {seed})")

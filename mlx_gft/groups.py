@@ -31,7 +31,7 @@ class Member:
 class Groups:
     members: list[Member]
     sizes: list[int]  # members per group, in order
-    missing_teachers: int = 0  # rows with teacher answers but fewer than teacher_count asks
+    missing_teachers: int = 0  # teacher answers asked for but absent (rows with fewer)
 
     def member_rows(self, groups: Sequence[int]) -> list[int]:
         """The members' indices of these groups, in order."""
@@ -76,8 +76,7 @@ def build_groups(
             # A prompt-only row (no expert answer) gives the expert's slot to a teacher.
             slots = teacher_count - 1 if ex.expert else teacher_count
             teachers = list(zip(ex.teachers, ex.teacher_texts, strict=True))[:slots]
-            if ex.teachers:  # a row with none was given none to miss (plain SFT data)
-                missing += max(slots - len(teachers), 0)
+            missing += max(slots - len(teachers), 0)
             group += [Member(ex.prompt, t, "teacher", text, ex) for t, text in teachers]
         for s in samples[i * group_size : (i + 1) * group_size]:
             truncated = s.finish_reason == "length"

@@ -38,6 +38,16 @@ class TrainingInterrupted(TrainingStopped):
         self.exit_code = 128 + int(getattr(signal, signal_name))
 
 
+def stopped_ending(cut_shares: list[float], share: float = 0.5, run: int = 3) -> bool:
+    """Whether a model whose samples ended (under `share` of them cut off at the length
+    limit in an earlier iteration) has had `share` or more cut off in each of the last
+    `run` iterations. Masked, a sample that never ends costs nothing, so such a drift is
+    not pulled back; a base model that rambles from the start (the quickstart's) is not a
+    drift, and neither is one iteration's spike."""
+    before, recent = cut_shares[:-run], cut_shares[-run:]
+    return len(recent) == run and min(recent) >= share and any(c < share for c in before)
+
+
 def train_stage(
     model: nn.Module,
     tokenizer,
@@ -110,9 +120,9 @@ def train_stage(
     stepper = Stepper(model, optimizer, config, ranks, log)
     report = Reporter(config, log, enabled=lead, training_callback=training_callback)
     reports, window, trained_tokens = [], [], 0
-    # Data without any teacher answers is the common case, not worth a notice.
-    noticed_missing = not any(e.teachers for e in train_set)
-    noticed_short = noticed_cut = False
+    # Data without any teacher answers is the common case: nothing is missing, no notice.
+    has_teachers = any(e.teachers for e in train_set)
+    noticed_missing, noticed_short, noticed_cut, cut_shares = not has_teachers, False, False, []
     # A bar on a terminal only: the report lines already tell a log file how far it is.
     progress = Progress(total_iters, "Training", initial=start, unit="iterations") if lead else None
 
@@ -173,6 +183,8 @@ def train_stage(
                     stop.append("SIGTERM")
                 row["learning_rate"] = float(optimizer.learning_rate.item())
                 trained_tokens += row["train_tokens"]
+                if not has_teachers and "missing_teachers" in row:
+                    row["missing_teachers"] = 0.0
                 if row.get("missing_teachers") and not noticed_missing:
                     noticed_missing = True
                     log(
@@ -189,17 +201,15 @@ def train_stage(
                             f"{config.max_sampling_rounds} batches (--max-sampling-rounds); the "
                             "report lines count groups and rounds."
                         )
-                cut = row.get("truncated_frac", 0.0)
-                if config.mask_truncated and cut >= 0.5 and not noticed_cut:
+                cut_shares.append(row.get("truncated_frac", 0.0))
+                if config.mask_truncated and not noticed_cut and stopped_ending(cut_shares):
                     noticed_cut = True
-                    # Masked, a sample that never ends costs nothing: if the model drifts
-                    # into answers that do not end, nothing in the loss pulls it back.
                     log(
-                        f"Note: iteration {it + 1}: {cut:.0%} of samples ran to "
-                        f"--max-completion-length {config.max_completion_length} and get no "
-                        "loss (mask_truncated): if that persists, nothing in the loss pulls the "
-                        "model back toward ending its answers (docs/learning.md, off-policy "
-                        "experts)."
+                        f"Note: iteration {it + 1}: samples that used to end run to "
+                        f"--max-completion-length {config.max_completion_length} "
+                        f"({cut_shares[-1]:.0%} of them now) and get no loss (mask_truncated), "
+                        "so nothing in the loss pulls the model back toward ending its answers "
+                        "(docs/learning.md, off-policy experts)."
                     )
                 if progress:
                     progress.update()

@@ -43,17 +43,6 @@ def test_expert_then_teachers_then_samples_with_smaller_groups_counted():
     assert [m.kind for m in grpo.members] == ["sampled"] * 4 and grpo.sizes == [2, 2]
 
 
-def test_rows_without_teacher_answers_miss_none():
-    """Plain expert-only data under the default teacher_count (4) asks for no teachers:
-    nothing is reported missing (it counted 3 per row, and logged a note, on every run)."""
-    plain = [Example([1, 2], [7, 2]), Example([3], [5, 2])]
-    samples = [sample(0, [11, 2]), sample(1, [13, 2])]
-    groups = build_groups(plain, samples, group_size=1, teacher_count=4)
-    assert groups.sizes == [2, 2] and groups.missing_teachers == 0
-    mixed = [*plain, Example([4], [6, 2], teachers=[[8, 2]], teacher_texts=["a"])]
-    assert build_groups(mixed, [*samples, sample(2, [9, 2])], 1, 4).missing_teachers == 2
-
-
 def test_truncated_expert_is_left_out_of_its_group():
     ex = Example([1], [4, 5], expert_truncated=True)
     groups = build_groups([ex], [sample(0, [6, 2])], group_size=1, teacher_count=1)

@@ -13,6 +13,7 @@ from mlx_gft.config import ConfigError
 from mlx_gft.data import DataError
 from mlx_gft.job import run
 from mlx_gft.lora import main, parse_config
+from mlx_gft.trainer import stopped_ending
 
 pytestmark = pytest.mark.slow
 
@@ -63,12 +64,40 @@ def test_each_loss_trains_and_saves_mlx_lm_adapters(tiny_model, arithmetic_data,
     assert [m["iteration"] for m in metrics if "loss" in m] == [1, 2]
 
 
-def test_a_run_whose_samples_do_not_end_says_so_once(tiny_model, arithmetic_data, tmp_path):
-    """The tiny model's samples all run to the length limit: masked (the default), they
-    carry no loss, and the run says so once; unmasked they are trained on, no note."""
-    _, lines = quick_run(tiny_model, arithmetic_data, tmp_path / "a", "--iters", "2")
-    notes = [line for line in lines if "get no loss (mask_truncated)" in line]
-    assert len(notes) == 1 and notes[0].startswith("Note: iteration 1: 100% of samples ran to")
+@pytest.mark.parametrize(
+    "shares, said",
+    [
+        ([0.0, 0.31, 0.53, 0.88, 0.97], True),  # off-policy GFT, seed 1: drifted, said at 5
+        ([0.0, 0.09, 0.34, 0.38, 0.41, 0.12], False),  # seed 0: never half cut off
+        ([0.94, 0.94, 0.6, 0.3, 0.06], False),  # a base model that rambles, then learns
+        ([1.0, 1.0, 1.0, 1.0], False),  # never ended: nothing it used to do
+        ([0.0, 0.6, 0.1, 0.6, 0.6], False),  # spikes, not three in a row
+        ([0.0, 0.6, 0.6], False),  # three in a row but nothing ended before them
+    ],
+)
+def test_samples_that_stop_ending_are_told_from_a_rambling_start(shares, said):
+    assert stopped_ending(shares) is said
+
+
+def test_a_tiny_model_that_never_ended_gets_no_note(tiny_model, arithmetic_data, tmp_path):
+    """Its samples run to the length limit from the first iteration: not a drift, no
+    note; and expert-only data misses no teacher answers (it counted 3 per row)."""
+    results, lines = quick_run(tiny_model, arithmetic_data, tmp_path / "a", "--iters", "3")
+    assert all(r["truncated_frac"] >= 0.5 for r in results["reports"])
+    assert not [line for line in lines if "mask_truncated" in line]
+    assert [r["missing_teachers"] for r in results["reports"]] == [0.0, 0.0, 0.0]
+
+
+def test_a_drift_into_cut_off_samples_is_said_once(
+    tiny_model, arithmetic_data, tmp_path, monkeypatch
+):
+    """The trainer asks stopped_ending with every iteration's share and says it once."""
+    seen = []
+    monkeypatch.setattr(mlx_gft.trainer, "stopped_ending", lambda s: seen.append(list(s)) or True)
+    results, lines = quick_run(tiny_model, arithmetic_data, tmp_path / "a", "--iters", "2")
+    notes = [line for line in lines if "mask_truncated" in line]
+    assert len(notes) == 1 and notes[0].startswith("Note: iteration 1: samples that used to end")
+    assert seen[0] == [results["reports"][0]["truncated_frac"]]
     _, lines = quick_run(
         tiny_model, arithmetic_data, tmp_path / "b", "--iters", "1", "--no-mask-truncated"
     )

@@ -64,6 +64,8 @@ def test_method_names_carry_options():
     for bad in ("gft:dynamic=1", "gft:tau", "gft:beta=2", "gft:no-mask-truncated=1"):
         with pytest.raises(SystemExit, match="unknown option"):
             why_gft.parse_method(bad, 20)
+    with pytest.raises(SystemExit, match="lr takes a number, not 'fast'"):
+        why_gft.parse_method("gft:lr=fast", 20)
 
 
 def _runs(**avg_by_label):
@@ -168,3 +170,11 @@ def test_pipeline_stages_train_at_their_own_options(monkeypatch, tmp_path):
     why_gft.train_method("gft:lr=1e-4:tau=0.1", args, 0, tmp_path)
     one = build_config(**seen["config"])
     assert (one.loss, one.learning_rate, one.tau, one.stages) == ("gft", 1e-4, 0.1, None)
+    # One loss: its options are the run's, so a --then-grpo stage keeps them too.
+    args.then_grpo = 5
+    why_gft.train_method("gft:lr=1e-4:dynamic", args, 0, tmp_path)
+    stages = stage_configs(build_config(**seen["config"]))
+    assert [(s.loss, s.iters, s.learning_rate, s.dynamic_sampling) for s in stages] == [
+        ("gft", 20, 1e-4, True),
+        ("grpo", 5, 1e-4, True),
+    ]
