@@ -591,6 +591,8 @@ def main() -> None:
         args.ood_level = 0
     if args.methods is None:
         args.methods = "sft,sft-verified,gft" if args.wrong_experts else "sft,gft"
+    for name in args.methods.split(","):  # a bad option stops here, before data is written
+        parse_method(name, args.iters)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     args.seeds_list = seeds
     noisy = f"{args.wrong_experts:.0%} of training answers wrong" if args.builtin else ""

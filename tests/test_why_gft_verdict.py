@@ -178,3 +178,15 @@ def test_pipeline_stages_train_at_their_own_options(monkeypatch, tmp_path):
         ("gft", 20, 1e-4, True),
         ("grpo", 5, 1e-4, True),
     ]
+
+
+def test_a_bad_method_option_stops_before_any_data_is_written(tmp_path):
+    """A typo in --methods is a one-line error and leaves no run folder behind."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "runs"
+    cmd = [sys.executable, str(SCRIPT), "--methods", "sft,gft:bogus", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "unknown option 'bogus'" in done.stderr
+    assert not out.exists()
