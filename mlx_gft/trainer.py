@@ -122,7 +122,8 @@ def train_stage(
     reports, window, trained_tokens = [], [], 0
     # Data without any teacher answers is the common case: nothing is missing, no notice.
     has_teachers = any(e.teachers for e in train_set)
-    noticed_missing, noticed_short, noticed_cut, cut_shares = not has_teachers, False, False, []
+    noticed_missing = noticed_short = noticed_cut = False
+    cut_shares = []  # each iteration's share of samples cut off at the length limit
     # A bar on a terminal only: the report lines already tell a log file how far it is.
     progress = Progress(total_iters, "Training", initial=start, unit="iterations") if lead else None
 
