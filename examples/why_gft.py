@@ -31,13 +31,15 @@ than it trained on (`--ood-level`, built-in task); and on a task nobody trains o
                     # start that already solves a fair share, 5 epochs of 16 problems
     python examples/why_gft.py --model M --data D --iters 200
     python examples/why_gft.py ... --reuse             # after an interruption: keep the
-                                                       # runs that finished, train the rest
+                                                       # runs that finished (and their
+                                                       # scores), train the rest
 
 Writes <out>/[seed<s>/]<method>/ (adapters, metrics.jsonl), <out>/plots/*.png and
 <out>/summary.md. Plots need matplotlib (pip install "mlx-gft[plot]").
 """
 
 import argparse
+import hashlib
 import json
 import shutil
 import statistics
@@ -245,7 +247,44 @@ def evaluate_on(args: argparse.Namespace, data: Path | None, adapters: Path | No
     return evaluate(evaluate_parser().parse_args(argv), log=lambda _: None)
 
 
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
 def held_out(args: argparse.Namespace, adapters: Path | None, seed: int, out: Path) -> dict:
+    """held_out_scores for one model; a trained model's numbers are kept beside its
+    adapters (held_out.json), and with --reuse taken from there when the adapters and
+    every scoring setting are the same: scoring answers that run to the token limit costs
+    more than training, so an interrupted or extended comparison does not score twice."""
+    if adapters is None:
+        return held_out_scores(args, adapters, seed, out)
+    split = getattr(args, "score_split", "test")
+    key = {
+        "adapters": _digest(Path(adapters) / "adapters.safetensors"),
+        "model": str(args.model),
+        "data": _digest(Path(args.data) / f"{split}.jsonl"),
+        "harder": _digest(out / "data_ood" / "test.jsonl"),
+        **{
+            name: getattr(args, name, None)
+            for name in ("eval_samples", "test_problems", "ood_problems", "max_tokens")
+        },
+        "seed": seed,
+        "split": split,
+        "forgetting": args.forgetting,
+        "expert_style": getattr(args, "expert_style", "own"),
+    }
+    cache = Path(adapters) / "held_out.json"
+    if args.reuse and cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved["key"] == key:
+            print(f"(held-out numbers of {adapters}: reused)", flush=True)
+            return {k: float("nan") if v is None else v for k, v in saved["numbers"].items()}
+    found = held_out_scores(args, adapters, seed, out)
+    cache.write_text(json.dumps({"key": key, "numbers": jsonable(found)}, indent=1))
+    return found
+
+
+def held_out_scores(args: argparse.Namespace, adapters: Path | None, seed: int, out: Path) -> dict:
     """Held-out numbers for one model: avg@k, pass@1..k and distinct answers at T = 1 and
     greedy accuracy on the test problems; avg@k on harder ones; capitals, greedy."""
     k, n = args.eval_samples, args.test_problems
@@ -573,8 +612,10 @@ def main() -> None:
     ap.add_argument(
         "--reuse",
         action="store_true",
-        help="keep runs an earlier call with the same settings finished in --out "
-        "(an interrupted comparison picks up where it stopped)",
+        help="keep runs an earlier call with the same settings finished in --out, and "
+        "their held-out numbers where the scoring settings are the same too (an "
+        "interrupted comparison picks up where it stopped; a later call can put runs "
+        "of separate calls in one table)",
     )
     args = ap.parse_args()
     args.builtin = not args.data

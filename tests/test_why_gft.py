@@ -166,3 +166,35 @@ def test_off_policy_runs_report_style_share_and_length(tiny_model, tmp_path):
     assert "answers in the expert's style" in head and "answer length, tokens" in head
     config = json.loads((out / "sft" / "adapter_config.json").read_text())
     assert config["max_completion_length"] == 5
+
+
+def test_reuse_keeps_held_out_numbers_until_the_scoring_changes(tiny_model, tmp_path):
+    """--reuse takes a finished run's held-out numbers from beside its adapters; a call
+    with other scoring settings scores afresh (as do other adapters: their digest is in
+    the key)."""
+    out = tmp_path / "why"
+    cmd = [sys.executable, str(SCRIPT), "--model", str(tiny_model), "--iters", "1"]
+    cmd += ["--eval-samples", "2", "--num-layers", "-1", "--no-base", "--train-size", "8"]
+    cmd += ["--wrong-experts", "0", "--ood-level", "0", "--no-forgetting", "--reuse"]
+    cmd += ["--methods", "sft", "--out", str(out)]
+
+    def call(problems: int) -> tuple[str, dict]:
+        done = subprocess.run(
+            cmd + ["--test-problems", str(problems)], capture_output=True, text=True, timeout=900
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout, _strict_json(out / "summary.json")["sft"]
+
+    first_out, first = call(4)
+    assert "reused)" not in first_out
+    saved = _strict_json(out / "sft" / "held_out.json")
+    assert saved["numbers"]["avg_at_k"] == first["avg_at_k"]
+
+    again_out, again = call(4)  # same run, same scoring: nothing generated
+    assert f"(held-out numbers of {out / 'sft'}: reused)" in again_out, again_out
+    assert {k: again[k] for k in saved["numbers"]} == saved["numbers"]
+
+    other_out, other = call(6)  # more problems: scored again
+    assert "reused)" not in other_out
+    assert float(other["avg_at_k"] * 12).is_integer()  # of 6 problems x 2 answers
+    assert _strict_json(out / "sft" / "held_out.json")["key"]["test_problems"] == 6
