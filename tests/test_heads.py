@@ -201,6 +201,8 @@ def test_chunked_head_gives_every_trainable_parameter_its_gradient(family, how, 
         assert np.abs(g - c).max() <= 1e-5 * max(1.0, scale), (k, np.abs(g - c).max(), scale)
     assert np.abs(np.array(g_full[head_key])).max() > 1e-3  # the head does learn
     # After the backward the head holds its own weights again, not the VJP's tracers.
+    # Chunked and full sums round differently: log-probs near -44 differ by a few float32
+    # ulps (1.5e-5 seen in CI), so the tolerance is relative, as in the tests above.
     lp_again, _ = token_logprobs(model, tokens, start=start, chunk=7)
     lp_full, _ = token_logprobs(model, tokens, start=start, chunk=0)
-    np.testing.assert_allclose(np.array(lp_again), np.array(lp_full), atol=1e-5)
+    np.testing.assert_allclose(np.array(lp_again), np.array(lp_full), rtol=1e-5, atol=2e-5)
