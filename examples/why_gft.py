@@ -46,7 +46,7 @@ import statistics
 import time
 from pathlib import Path
 
-from mlx_gft.config import build_config
+from mlx_gft.config import ConfigError, build_config
 from mlx_gft.evaluate import build_parser as evaluate_parser
 from mlx_gft.evaluate import evaluate
 from mlx_gft.job import run
@@ -99,8 +99,11 @@ METHOD_OPTIONS = {
     "rounds": ("max_sampling_rounds", int),
     # Samples cut off at --max-tokens get a loss too: a rambling sample is pushed down.
     "no-mask-truncated": ("mask_truncated", False),
+    # DAPO's soft overlong punishment over the last N tokens of the limit (factor 1).
+    "overlong": ("overlong_buffer", int),
+    "adv-scale": ("adv_scale", str),  # group, batch or none (no division by the std)
 }
-OPTION_NAMES = "tau=X, lr=X, rounds=N, dynamic, no-mask-truncated"
+OPTION_NAMES = "tau=X, lr=X, rounds=N, overlong=N, adv-scale=S, dynamic, no-mask-truncated"
 
 
 def parse_method(name: str, iters: int) -> tuple[list[str], int, list[dict]]:
@@ -124,6 +127,10 @@ def parse_method(name: str, iters: int) -> tuple[list[str], int, list[dict]]:
                 overrides[field] = kind if isinstance(kind, bool) else kind(value)
             except ValueError:
                 raise SystemExit(f"--methods {name}: {key} takes a number, not {value!r}") from None
+        try:  # a value the trainer would refuse (adv-scale=bogus) stops here, not mid-run
+            build_config(loss=loss, **overrides)
+        except ConfigError as e:
+            raise SystemExit(f"--methods {name}: {e}") from None
         losses.append(loss)
         options.append(overrides)
     return losses, int(n) if n else iters, options
@@ -138,6 +145,7 @@ def train_method(name: str, args: argparse.Namespace, seed: int, out: Path) -> d
     folder = out / name.replace(":", "-")
     losses, iters, stage_options = parse_method(name, args.iters)
     config = dict(options(args, seed), loss=losses[0], adapter_path=str(folder), iters=iters)
+    config["log_completions"] = getattr(args, "log_completions", False)
     if args.warm_start:
         config["resume_adapter_file"] = str(out / "warm-start" / "adapters.safetensors")
     stages = [
@@ -605,6 +613,12 @@ def main() -> None:
     )
     ap.add_argument(
         "--no-forgetting", dest="forgetting", action="store_false", help="skip the capitals check"
+    )
+    ap.add_argument(
+        "--log-completions",
+        action="store_true",
+        help="each run writes 2 groups per iteration to completions.jsonl (members, rewards, "
+        "advantages, per-token weights), for mlx_gft.report's group browser",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", help="comma-separated seeds (overrides --seed), e.g. 0,1,2")

@@ -148,6 +148,17 @@ class TrainConfig:
     )
     reward_weights: list[float] | None = opt(None, "one weight per reward")
     reward_timeout: float = opt(60.0, "seconds a reward may take on one sample, 0 for no limit")
+    overlong_buffer: int = opt(
+        0,
+        "DAPO's soft overlong punishment (verl: overlong_buffer.len): an answer of L tokens "
+        "gets min(0, (max_completion_length - overlong_buffer - L) / overlong_buffer) x "
+        "overlong_penalty added to its reward, 0 down to -overlong_penalty over the last "
+        "overlong_buffer tokens; 0 = off. Use with --no-mask-truncated: a masked cut-off "
+        "sample carries no loss to punish",
+    )
+    overlong_penalty: float = opt(
+        1.0, "the punishment at max_completion_length tokens (verl: penalty_factor)"
+    )
     adv_scale: str = opt("group", "group, batch or none")
     loss_agg: str = opt("token-mean", "token-mean, seq-mean-token-mean or seq-mean-token-sum-norm")
     updates_per_batch: int = opt(1, "optimizer updates per sampled batch")
@@ -156,6 +167,14 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "global gradient-norm clip, 0 to disable")
     max_skipped_steps: int = opt(10, "consecutive non-finite steps before stopping")
     probe_size: int = opt(8, "probe prompts for KL to the base")
+    log_completions: bool = opt(
+        False,
+        "at every report, write num_completions_to_print groups to "
+        "<adapter_path>/completions.jsonl: each member's text, reward, advantage and, per "
+        "token, log p, DCR's coefficient and the weight the update gave it (TRL's name); "
+        "the terminal shows one group",
+    )
+    num_completions_to_print: int = opt(2, "with log_completions: groups logged per report")
     stages: list[str] | None = opt(
         None,
         "run losses in turn, each from the last one's adapters, e.g. sft gft grpo "
@@ -217,6 +236,17 @@ class TrainConfig:
         dtypes = (None, "float32", "bfloat16", "float16", "keep-quantized")
         if self.model_dtype not in dtypes:
             raise ConfigError(f"model_dtype: {self.model_dtype!r} is not one of {dtypes[1:]}")
+        if self.overlong_buffer < 0 or self.overlong_buffer > self.max_completion_length:
+            raise ConfigError(
+                f"overlong_buffer must be between 0 (off) and max_completion_length "
+                f"{self.max_completion_length}, got {self.overlong_buffer}"
+            )
+        if self.overlong_penalty < 0:
+            raise ConfigError(f"overlong_penalty must be >= 0, got {self.overlong_penalty}")
+        if self.num_completions_to_print < 1:
+            raise ConfigError(
+                f"num_completions_to_print must be at least 1, got {self.num_completions_to_print}"
+            )
         if not 0.0 <= self.tau <= 1.0:
             raise ConfigError(f"tau must be in [0, 1], got {self.tau}")
         if self.temperature <= 0:

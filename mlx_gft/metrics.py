@@ -14,7 +14,7 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +28,16 @@ class StepStats:
     """What one optimizer update measured (sums over its micro-batches and ranks)."""
 
     loss: float
-    grad_norm: float
-    response_tokens: float  # tokens the loss saw
+    grad_norm: float  # before the clip (--grad-clip)
+    clipped_norm: float  # after it: the norm of the step the optimizer took
+    response_tokens: float  # tokens the forward ran on (quiet rows left out are not)
     metric_tokens: float  # tokens the entropy metric is taken on
     entropy_sum: float
-    rectified_tokens: float  # tokens with p <= tau
     skipped: int = 0  # 1 when a non-finite loss or gradient was not applied
     idle: int = 0  # 1 when no advantage was non-zero: nothing to learn, nothing applied
+    # Per micro-batch, the log-probs the loss used (rows, T): the group log's and the
+    # rectified shares' source.
+    logps: list = field(default_factory=list, repr=False)
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,15 @@ RULES = {
     # Identical on every rank (the gradients are summed before it is taken); the window
     # reports its worst update, which is what clipping and divergence are about.
     "grad_norm": Rule(MEAN, MAX),
+    "grad_norm_clipped": Rule(MEAN, MAX),  # after --grad-clip: the step actually taken
     "entropy": Rule(MEAN, MEAN),
     "rectified_frac": Rule(MEAN, MEAN),
+    # GFT's mechanism (weights.mechanism_metrics): per member kind, and the pull toward
+    # the expert in SFT units.
+    **{f"rectified_{k}": Rule(MEAN, MEAN) for k in KINDS},
+    **{f"adv_{k}": Rule(MEAN, MEAN) for k in KINDS},
+    "expert_pull": Rule(MEAN, MEAN),
+    "overlong_penalty": Rule(MEAN, MEAN),
     "skipped": Rule(MEAN, SUM),  # every rank skips alike
     "idle_updates": Rule(MEAN, SUM),
     "train_tokens": Rule(SUM, SUM),
@@ -105,26 +115,26 @@ class Clock:
 
 def iteration_metrics(updates: list[StepStats]) -> dict:
     """One iteration's step metrics from its updates: the loss averaged over the applied
-    ones, the worst gradient norm, token-weighted entropy and rectified fraction."""
-    n_tok = sum(u.response_tokens for u in updates)
+    ones, the worst gradient norm before and after the clip, token-weighted entropy.
+    (Token counts and rectified shares come from the rows: `step.run_updates`.)"""
     n_metric = sum(u.metric_tokens for u in updates)
     applied = [u for u in updates if not u.idle] or updates
     # A skipped update's loss or norm is not finite: it is counted, not averaged in.
     losses = [u.loss for u in applied if math.isfinite(u.loss)]
     norms = [u.grad_norm for u in applied if math.isfinite(u.grad_norm)]
+    clipped = [u.clipped_norm for u in applied if not u.skipped and math.isfinite(u.clipped_norm)]
     metrics = {
         "skipped": sum(u.skipped for u in updates),
         "idle_updates": sum(u.idle for u in updates),
-        "train_tokens": int(n_tok),
     }
     if losses:
         metrics["loss"] = float(np.mean(losses))
     if norms:
         metrics["grad_norm"] = float(max(norms))
+    if clipped:
+        metrics["grad_norm_clipped"] = float(max(clipped))
     if n_metric:  # an idle update measures nothing: no entropy rather than a false 0
         metrics["entropy"] = sum(u.entropy_sum for u in updates) / n_metric
-    if n_tok:
-        metrics["rectified_frac"] = sum(u.rectified_tokens for u in updates) / n_tok
     return metrics
 
 
@@ -132,7 +142,8 @@ def summarise(window: list[dict], iteration: int) -> dict:
     """A report window's iterations as one row, plus the rates."""
     # Every report has these, null when nothing in the window measured them (an update
     # skipped, every sample masked): a script reading metrics.jsonl meets null, not NaN.
-    keys = ({k for r in window for k in r} | {"loss", "grad_norm", "entropy"}) - {"iteration"}
+    always = {"loss", "grad_norm", "grad_norm_clipped", "entropy"}
+    keys = ({k for r in window for k in r} | always) - {"iteration"}
     out = {"iteration": iteration}
     for k in sorted(keys):
         values = [r[k] for r in window if measured(r.get(k))]
@@ -212,8 +223,21 @@ def report_line(r: dict) -> str:
         f"Entropy {_shown(r, 'entropy', '.3f')}",
         f"Grad norm {_shown(r, 'grad_norm', '.3f')}",
     ]
+    if measured(r.get("grad_norm")) and measured(r.get("grad_norm_clipped")):
+        if r["grad_norm_clipped"] < r["grad_norm"]:  # the clip acted in this window
+            parts.append(f"Clipped to {r['grad_norm_clipped']:.3f}")
     if measured(r.get("kl_to_base")):  # measured at the validation cadence
         parts.append(f"KL {r['kl_to_base']:.4f}")
+        if measured(r.get("kl_to_base_per_token")):
+            parts.append(f"KL/token {r['kl_to_base_per_token']:.4f}")
+    mechanism = [
+        ("rectified_expert", "Rectified expert", ".2f"),
+        ("adv_expert", "Adv expert", "+.2f"),
+        ("adv_sampled", "Adv samples", "+.2f"),
+        ("expert_pull", "Expert pull", ".2f"),
+        ("overlong_penalty", "Overlong", ".3f"),
+    ]
+    parts += [f"{name} {r[key]:{spec}}" for key, name, spec in mechanism if measured(r.get(key))]
     if r.get("gen_tokens"):
         parts.append(f"Gen tok/s {r['gen_tok_per_sec']:.1f}")
     parts.append(f"Train tok/s {r['train_tok_per_sec']:.1f}")

@@ -285,6 +285,23 @@ def score(
     return _weighted_sum(rewards, columns, len(samples)), columns
 
 
+def overlong_punishment(
+    lengths: Sequence[int], max_length: int, buffer: int, factor: float = 1.0
+) -> np.ndarray:
+    """DAPO's soft overlong punishment (verl's reward_manager/dapo.py, TRL's
+    get_soft_overlong_punishment): 0 for answers of up to max_length - buffer tokens,
+    then falling linearly to -factor at max_length tokens (and -factor past it), added
+    to the reward. Unlike
+    the verifier's 0, it tells an answer cut off at the limit from a finished wrong one.
+    `buffer` 0: no punishment."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    if not buffer:
+        return np.zeros_like(lengths)
+    exceed = lengths - (max_length - buffer)
+    # Past max_length (an expert answer longer than the limit) it stays -factor, as TRL's.
+    return np.clip(-exceed / buffer * factor, -factor, 0.0)
+
+
 def _score_each(
     reward: Reward, samples: Sequence[Mapping[str, object]], timeout: float | None
 ) -> np.ndarray:

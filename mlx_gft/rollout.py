@@ -31,6 +31,8 @@ class TrainBatch:
     groups: Groups
     advantages: mx.array  # per member
     quiet: np.ndarray | None = None  # per group: rewards all equal, so every A is 0
+    rewards: np.ndarray | None = None  # per member: the weighted sum the advantages z-score
+    reward_columns: dict = field(default_factory=dict)  # per reward: its column of scores
     start: int = 0  # first scored target position (the prompt before it needs no logits)
     tokens: mx.array | None = None  # (members, width) prompt + response, right-padded
     mask: mx.array | None = None  # (members, width - 1 - start) scored target tokens
@@ -52,7 +54,13 @@ class TrainBatch:
         rows = self.groups.member_rows(groups)
         advantages = self.advantages[mx.array(rows, dtype=mx.int32)] if rows else mx.zeros((0,))
         quiet = None if self.quiet is None else self.quiet[list(groups)]
-        return TrainBatch(self.groups.select(groups), advantages, quiet)
+        rewards = None if self.rewards is None else self.rewards[rows]
+        columns = {name: column[rows] for name, column in self.reward_columns.items()}
+        return TrainBatch(self.groups.select(groups), advantages, quiet, rewards, columns)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [member.kind for member in self.groups.members]
 
 
 def with_arrays(model, tokenizer, batch: TrainBatch, config: TrainConfig) -> TrainBatch:
@@ -103,7 +111,11 @@ def gather_groups(
         kept.append(batch.select(np.flatnonzero(~batch.quiet)))
     groups = Groups.concat([k.groups for k in kept])
     advantages = mx.concatenate([k.advantages for k in kept])
-    out = TrainBatch(groups, advantages, np.concatenate([k.quiet for k in kept]))
+    quiet = np.concatenate([k.quiet for k in kept])
+    rewards = np.concatenate([k.rewards for k in kept])
+    columns = {name: np.concatenate([k.reward_columns[name] for k in kept]) for name in
+               batch.reward_columns}  # fmt: skip
+    out = TrainBatch(groups, advantages, quiet, rewards, columns)
     out = out.select(range(min(have, wanted)))
     out.metrics = combine_rounds([r.metrics for r in rounds])
     out.metrics.update(
@@ -167,6 +179,15 @@ def score_groups(
         reward_fns, reward_inputs(groups), config.reward_timeout, trainer_state
     )
     row["reward_time"] = time.perf_counter() - tic
+    if config.overlong_buffer:
+        lengths = [len(member.response) for member in groups.members]
+        penalty = rewards_lib.overlong_punishment(
+            lengths, config.max_completion_length, config.overlong_buffer, config.overlong_penalty
+        )
+        total = total + penalty  # an unscored sample (NaN) stays unscored
+        columns = {**columns, "overlong_penalty": penalty}
+        sampled = [member.kind == "sampled" for member in groups.members]
+        row["overlong_penalty"] = float(penalty[sampled].mean()) if any(sampled) else 0.0
     # A sample no reward scored (NaN, TRL's None) is left out of its group's statistics.
     adv, row["zero_var_frac"] = scored_advantages(total, groups.sizes, config.adv_scale)
     quiet = quiet_groups(total, groups.sizes)
@@ -185,7 +206,7 @@ def score_groups(
     if any(s.entropy for s in trained):
         row["entropy"] = float(np.mean([h for s in trained for h in s.entropy]))
     row["missing_teachers"] = groups.missing_teachers
-    return TrainBatch(groups, adv, quiet, metrics=row)
+    return TrainBatch(groups, adv, quiet, total, columns, metrics=row)
 
 
 def verified_examples(

@@ -30,6 +30,7 @@ from .logprobs import (
 from .methods import method, skips_zero_advantage
 from .metrics import StepStats, iteration_metrics
 from .models import checkpoint_layers
+from .weights import coefficients, mechanism_metrics, token_weights, weighted_rows
 
 
 class TrainingStopped(RuntimeError):
@@ -38,7 +39,8 @@ class TrainingStopped(RuntimeError):
 
 def make_loss(config: TrainConfig):
     """loss(model, start, tokens, mask, advantages, old_lp, base_lp, spans=None)
-    -> (loss, [response tokens, metric tokens, entropy sum, rectified tokens]).
+    -> (loss, (stats, log_probs)): stats = [response tokens, metric tokens, entropy sum],
+    log_probs (rows, T) the ones the loss used (reports and the group log read them).
     With `spans` (`logprobs.prompt_spans`) each span's prompt runs once for its rows."""
     m = method(config)
     temperature = config.temperature if m.tempered else 1.0
@@ -63,11 +65,8 @@ def make_loss(config: TrainConfig):
         loss = m.loss(lp, mask, advantages, old_lp, base_lp, config, norm)
         stat_mask = mask if with_entropy else mx.zeros_like(mask)
         entropy_sum = (entropy * mask).sum() if with_entropy else mx.array(0.0)
-        p = mx.exp(mx.stop_gradient(lp))
-        stats = mx.stack(
-            [mask.sum(), stat_mask.sum(), entropy_sum, ((p <= config.tau) * mask).sum()]
-        )
-        return loss, stats
+        stats = mx.stack([mask.sum(), stat_mask.sum(), entropy_sum])
+        return loss, (stats, mx.stop_gradient(lp))
 
     return loss_fn
 
@@ -252,12 +251,12 @@ class Stepper:
             self._skip()
             return StepStats(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, idle=1)
         self.model.train()  # LoRA dropout on, for the update only
-        grads, total, stats = None, mx.zeros((2,)), mx.zeros((4,))
+        grads, total, stats, logps = None, mx.zeros((2,)), mx.zeros((3,)), []
         for batch in micro_batches:
             tokens, mask, adv, old_lp, base_lp = batch
             width, n = trim_padding(tokens, mask, start)
             batch = (tokens[:, :width], mask[:, :n], adv, old_lp[:, :n], base_lp[:, :n])
-            (loss, s), g = self._value_and_grad(start, batch)
+            (loss, (s, lp)), g = self._value_and_grad(start, batch)
             # The loss is a mean over this micro-batch: weighted by its normaliser and
             # summed, then divided by the whole update's, it is one big batch's.
             w = normaliser(self.config, batch[1])
@@ -265,7 +264,8 @@ class Stepper:
             grads = g if grads is None else tree_map(mx.add, grads, g)
             total = total + mx.stack([loss * w, w])
             stats = stats + s
-            mx.eval(grads, total, stats)
+            mx.eval(grads, total, stats, lp)
+            logps.append(lp)
         if grads is None:  # another rank has rows to run, this one has none
             grads = tree_map(mx.zeros_like, self.model.trainable_parameters())
         if divisor is not None:
@@ -278,8 +278,8 @@ class Stepper:
         loss = total[0] / denominator
         norm = grad_norm(grads)
         mx.eval(loss, norm, grads)
-        n_tok, n_stat, ent, rect = stats.tolist()
-        out = StepStats(loss.item(), norm.item(), n_tok, n_stat, ent, rect)
+        n_tok, n_stat, ent = stats.tolist()
+        out = StepStats(loss.item(), norm.item(), norm.item(), n_tok, n_stat, ent, logps=logps)
         if not (math.isfinite(out.loss) and math.isfinite(out.grad_norm)):
             self.skipped += 1
             out.skipped = 1
@@ -294,28 +294,89 @@ class Stepper:
         self.skipped = 0
         if self.config.grad_clip > 0 and out.grad_norm > self.config.grad_clip:
             grads = tree_map(lambda g: g * (self.config.grad_clip / out.grad_norm), grads)
+            out.clipped_norm = self.config.grad_clip
         self.optimizer.update(self.model, grads)
         mx.eval(self.model.parameters(), self.optimizer.state)
         return out
 
 
+@dataclass
+class Updated:
+    """One iteration's updates: their metrics and, per member row and scored column,
+    the log-probs the update used (NaN where the row did not run), the method's
+    coefficient and each token's weight in its update's loss (`weights`)."""
+
+    metrics: dict
+    logps: np.ndarray | None = None
+    coef: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+
 def run_updates(
-    stepper: Stepper, sizes: list[int], start: int, arrays: tuple | None, config
-) -> dict:
+    stepper: Stepper,
+    sizes: list[int],
+    start: int,
+    arrays: tuple | None,
+    config,
+    kinds: list[str] | None = None,
+) -> Updated:
     """updates_per_batch optimizer updates over one sampled batch (`arrays` None: no
     member to train on, as when every answer was left out), each from its micro-batches
-    of the rows that run (`rows_to_run`); returns the iteration's step metrics."""
+    of the rows that run (`rows_to_run`); returns the iteration's step metrics and what
+    each token contributed. `kinds`: each member's kind, for the metrics of GFT's
+    mechanism (`weights.mechanism_metrics`).
+
+    Token counts and rectified shares count every row of each update, whether or not
+    it ran: leaving quiet rows out changes the time and `quiet_row_frac`, nothing else."""
     if arrays is None:
         run, plans = np.zeros(0, dtype=bool), [UpdatePlan([], [])] * config.updates_per_batch
     else:
         run = rows_to_run(config, arrays[1], arrays[2])
         plans = plan_updates(sizes, int(arrays[0].shape[1]), config, run)
     updates = []
+    logps = None if arrays is None else np.full(arrays[1].shape, np.nan)
     for plan in plans:
         micro = [tuple(a[mx.array(rows)] for a in arrays) for rows in plan.micro_batches]
         divisor = normaliser(config, arrays[1][mx.array(plan.rows)]) if plan.rows else None
-        updates.append(stepper.update(micro, start, divisor))
-    metrics = iteration_metrics(updates)
+        stats = stepper.update(micro, start, divisor)
+        for rows, lp in zip(plan.micro_batches, stats.logps, strict=False):
+            logps[rows, : lp.shape[1]] = np.array(lp)
+        updates.append(stats)
+    out = Updated({**iteration_metrics(updates), "train_tokens": 0})
+    if arrays is not None:
+        _add_row_metrics(out, plans, arrays, logps, config, kinds)
     if run.size:
-        metrics["quiet_row_frac"] = float(1.0 - run.mean())
-    return metrics
+        out.metrics["quiet_row_frac"] = float(1.0 - run.mean())
+    return out
+
+
+def _add_row_metrics(
+    out: Updated, plans: list[UpdatePlan], arrays: tuple, logps: np.ndarray, config, kinds
+) -> None:
+    """Trained tokens, the rectified share, each token's coefficient and weight and, for
+    sampled methods, GFT's mechanism metrics, over every row of each update."""
+    mask, adv = np.array(arrays[1]), np.array(arrays[2])
+    used = weighted_rows(mask, adv)[:, None] * mask  # ran, unless skipping was off
+    ran = np.nan_to_num(logps, nan=0.0)
+    coef = np.where(used > 0, coefficients(ran, config.loss, config.tau), 0.0)
+    rect = (np.exp(ran) <= config.tau) * (used > 0)
+    weights = np.zeros(mask.shape)
+    norm = config.max_completion_length
+    per_update = []
+    for plan in (p for p in plans if p.rows):
+        rows = plan.rows
+        weights[rows] = token_weights(coef[rows], mask[rows], adv[rows], config.loss_agg, norm)
+        if kinds is not None and method(config).samples:
+            per_update.append(
+                mechanism_metrics(
+                    [kinds[r] for r in rows], adv[rows], mask[rows], weights[rows], rect[rows],
+                    config.loss_agg, norm,
+                )
+            )  # fmt: skip
+    metrics = out.metrics
+    metrics["train_tokens"] = int(sum(mask[p.rows].sum() for p in plans))
+    if used.sum():
+        metrics["rectified_frac"] = float(rect.sum() / used.sum())
+    for key in {k for m in per_update for k in m}:
+        metrics[key] = float(np.mean([m[key] for m in per_update if key in m]))
+    out.logps, out.coef, out.weights = logps, coef, weights

@@ -8,13 +8,14 @@ import contextlib
 import signal
 import threading
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.utils import maybe_set_recommended_wired_limit
 
-from . import distributed
+from . import distributed, group_log
 from . import rewards as rewards_lib
 from .batches import DataStream, num_iterations, train_batches
 from .checkpoint import adapter_config, load_checkpoint, save_adapters, save_checkpoint, write_json
@@ -109,28 +110,43 @@ def train_stage(
     total_iters = num_iterations(config, len(batches))
     start, probe, clock = 0, {}, Clock()
     stream = DataStream(batches, config.seed, data_offset)
+    checkpoint = {}
     if config.resume:
-        state, probe = load_checkpoint(model, optimizer, config)
-        start = state["iteration"]
-        stream.position = state.get("data_position", data_offset + start)
+        checkpoint, probe = load_checkpoint(model, optimizer, config)
+        start = checkpoint["iteration"]
+        stream.position = checkpoint.get("data_position", data_offset + start)
         log(f"Resuming from iteration {start}")
     if not probe and lead:
         with clock("probe_time"):
             probe = make_probe(model, tokenizer, valid_set or train_set, config)
     stepper = Stepper(model, optimizer, config, ranks, log)
     report = Reporter(config, log, enabled=lead, training_callback=training_callback)
-    reports, window, trained_tokens = [], [], 0
+    reports, window = [], []
+    # Running counts a resumed run carries on from its checkpoint (`Counters`).
+    counts = Counters.of(checkpoint)
+    stepper.skipped = counts.skipped_in_a_row
     # Data without any teacher answers is the common case: nothing is missing, no notice.
     has_teachers = any(e.teachers for e in train_set)
-    noticed_missing = noticed_short = noticed_cut = False
-    cut_shares = []  # each iteration's share of samples cut off at the length limit
+    if lead and config.mask_truncated and config.overlong_buffer and m.samples:
+        log(
+            "Note: --overlong-buffer with mask_truncated: a sample cut off at "
+            "--max-completion-length gets the full punishment but no loss, so the "
+            "punishment reaches only the answers that end inside the buffer; add "
+            "--no-mask-truncated to punish the cut-off ones too (DAPO's setting)."
+        )
     # A bar on a terminal only: the report lines already tell a log file how far it is.
     progress = Progress(total_iters, "Training", initial=start, unit="iterations") if lead else None
 
     def save(done: int, position: int, numbered: bool = True) -> None:
         if lead:
             save_adapters(model, config, done if numbered else None)
-            state = {"iteration": done, "finished": done == total_iters, "data_position": position}
+            counts.skipped_in_a_row = stepper.skipped
+            state = {
+                "iteration": done,
+                "finished": done == total_iters,
+                "data_position": position,
+                "counters": asdict(counts),
+            }
             save_checkpoint(model, optimizer, config, state, probe)
 
     def evaluate(done: int) -> None:
@@ -171,7 +187,16 @@ def train_stage(
                 if not batch.empty:  # (empty: every answer of the batch was left out)
                     batch = with_arrays(model, tokenizer, batch, config)
                     arrays = batch.arrays()
-                row.update(run_updates(stepper, batch.groups.sizes, batch.start, arrays, config))
+                done = it + 1
+                logging = (
+                    config.log_completions and lead and arrays is not None
+                    and (done % config.steps_per_report == 0 or done == total_iters)
+                )  # fmt: skip
+                shown = group_log.log_iteration(model, batch, config) if logging else None
+                updated = run_updates(
+                    stepper, batch.groups.sizes, batch.start, arrays, config, batch.kinds
+                )
+                row.update(updated.metrics)
                 _clear_cache(config.clear_cache_threshold)
                 row["update_time"] = time.perf_counter() - tic
                 row["groups"] = len(batch.groups.sizes)
@@ -183,39 +208,41 @@ def train_stage(
                 if stopping and not stop:  # another rank was signalled: stop together
                     stop.append("SIGTERM")
                 row["learning_rate"] = float(optimizer.learning_rate.item())
-                trained_tokens += row["train_tokens"]
+                counts.trained_tokens += row["train_tokens"]
+                if logging:
+                    group_log.finish(batch, updated, shown, tokenizer, config, done, log)
                 if not has_teachers and "missing_teachers" in row:
                     row["missing_teachers"] = 0.0
-                if row.get("missing_teachers") and not noticed_missing:
-                    noticed_missing = True
+                if row.get("missing_teachers") and not counts.noticed_missing:
+                    counts.noticed_missing = True
                     log(
                         "Note: some rows have fewer than teacher_count - 1 = "
                         f"{config.teacher_count - 1} teacher answers; their groups are smaller "
                         "(counted as missing_teachers)."
                     )
                 if row.get("groups_kept", config.batch_size) < config.batch_size:
-                    if not noticed_short:
-                        noticed_short = True
+                    if not counts.noticed_short:
+                        counts.noticed_short = True
                         log(
                             f"Note: iteration {it + 1} trains on {row['groups_kept']:.0f} of "
                             f"{config.batch_size} groups: no more had reward spread in "
                             f"{config.max_sampling_rounds} batches (--max-sampling-rounds); the "
                             "report lines count groups and rounds."
                         )
-                cut_shares.append(row.get("truncated_frac", 0.0))
-                if config.mask_truncated and not noticed_cut and stopped_ending(cut_shares):
-                    noticed_cut = True
+                cuts = counts.cut_shares
+                cuts.append(row.get("truncated_frac", 0.0))
+                if config.mask_truncated and not counts.noticed_cut and stopped_ending(cuts):
+                    counts.noticed_cut = True
                     log(
                         f"Note: iteration {it + 1}: samples that used to end run to "
                         f"--max-completion-length {config.max_completion_length} "
-                        f"({cut_shares[-1]:.0%} of them now) and get no loss (mask_truncated), "
+                        f"({cuts[-1]:.0%} of them now) and get no loss (mask_truncated), "
                         "so nothing in the loss pulls the model back toward ending its answers "
                         "(docs/learning.md, off-policy experts)."
                     )
                 if progress:
                     progress.update()
 
-                done = it + 1
                 last = done == total_iters
                 report_due = done % config.steps_per_report == 0 or last or stopping
                 if lead and valid_set and (done % config.steps_per_eval == 0 or last):
@@ -227,7 +254,7 @@ def train_stage(
                 # The probe is a forward over probe_size long rows: at every report of
                 # a steps_per_report=1 run it cost ~15% of the iteration, so it runs at
                 # the validation cadence and the reports between carry no KL.
-                kl = None
+                kl = {}
                 if probe and (done % config.steps_per_eval == 0 or last or stopping):
                     with clock("probe_time"):
                         kl = probe_kl(model, probe)
@@ -236,10 +263,9 @@ def train_stage(
                 window.append({**row, **clock.take()})
                 if report_due:
                     summary = summarise(window, done)
-                    if kl is not None:
-                        summary["kl_to_base"] = kl
+                    summary.update(kl)
                     summary.update(
-                        trained_tokens=trained_tokens,
+                        trained_tokens=counts.trained_tokens,
                         peak_memory_gb=mx.get_peak_memory() / 1e9,
                         active_memory_gb=mx.get_active_memory() / 1e9,
                     )
@@ -259,6 +285,26 @@ def train_stage(
             progress.close()
         report.close()
     return reports
+
+
+@dataclass
+class Counters:
+    """What a run counts across iterations: kept in the checkpoint, so a resumed run
+    reports what an unbroken one would (trained tokens, the cut-off shares the drift
+    note reads, the notes already given, non-finite steps in a row)."""
+
+    trained_tokens: int = 0
+    cut_shares: list[float] = field(default_factory=list)
+    skipped_in_a_row: int = 0
+    noticed_missing: bool = False
+    noticed_short: bool = False
+    noticed_cut: bool = False
+
+    @classmethod
+    def of(cls, state: dict) -> "Counters":
+        """From a checkpoint's state (one from before counters were kept: from 0)."""
+        saved = state.get("counters", {})
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
 def sampling_seed(config: TrainConfig, position: int, ranks) -> int:

@@ -2,6 +2,8 @@
 entropy, held-out sampled accuracy, and KL to the base policy on a fixed probe set.
 Everything here runs without dropout and changes no weight."""
 
+import mlx.core as mx
+
 from .config import TrainConfig
 from .data import Example, has_answers
 from .evaluate import accuracy
@@ -36,18 +38,25 @@ def make_probe(model, tokenizer, examples: list[Example], config: TrainConfig) -
     return {"tokens": tokens, "mask": mask[:, start:], "base_lp": base_lp}
 
 
-def probe_kl(model, probe: dict) -> float:
-    """KL(pi_base || pi_theta) per probe answer (sampled from the base), summed over its
-    tokens and averaged over answers. The reference sums log pi_base - log pi_theta;
-    with r = pi_theta / pi_base, r - 1 - log r has the same expectation under the base
-    but is never negative, so an 8-answer probe does not report a negative KL; each
-    token's term is bounded (`losses.k3`) so one extreme token cannot dominate."""
+def probe_kl(model, probe: dict) -> dict:
+    """KL(pi_base || pi_theta) on the probe answers (sampled from the base):
+    `kl_to_base` summed over each answer's tokens and averaged over answers (the
+    reference's measure, which grows with answer length), and `kl_to_base_per_token`,
+    the same terms averaged over every token (what TRL and verl report as KL). The
+    reference sums log pi_base - log pi_theta; with r = pi_theta / pi_base, r - 1 - log r
+    has the same expectation under the base but is never negative, so an 8-answer probe
+    does not report a negative KL; each token's term is bounded (`losses.k3`) so one
+    extreme token cannot dominate. {} without a probe."""
     if not probe:
-        return float("nan")
+        return {}
     start = probe["tokens"].shape[1] - 1 - probe["mask"].shape[1]
     with eval_mode(model):
         lp, _ = token_logprobs(model, probe["tokens"], start=start)
-    return (k3(lp - probe["base_lp"]) * probe["mask"]).sum(-1).mean().item()
+    terms = k3(lp - probe["base_lp"]) * probe["mask"]
+    return {
+        "kl_to_base": terms.sum(-1).mean().item(),
+        "kl_to_base_per_token": (terms.sum() / mx.maximum(probe["mask"].sum(), 1)).item(),
+    }
 
 
 def expert_stats(model, examples: list[Example], batch_size: int) -> dict:
@@ -89,4 +98,7 @@ def validate(model, tokenizer, valid_set: list[Example], config: TrainConfig, re
                 batch_size=config.batch_size * config.group_size,
             )
             out["val_acc"] = acc["avg_at_k"]
+            # A handful of validation problems: a plot of val_acc needs its n and noise.
+            out["val_problems"] = acc["n"]
+            out["val_acc_stderr"] = acc["avg_at_k_stderr"]
         return out

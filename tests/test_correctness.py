@@ -203,7 +203,7 @@ def test_a_batch_with_nothing_to_train_on_is_skipped_and_counted(tiny_model):
     start, arrays = training_arrays(model, tokenizer, groups, mx.array([1.0, -1.0]), config)
     stepper = Stepper(model, optim.AdamW(learning_rate=1e-2), config)
     before = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
-    metrics = run_updates(stepper, groups.sizes, start, arrays, config)
+    metrics = run_updates(stepper, groups.sizes, start, arrays, config).metrics
     after = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
     assert metrics["idle_updates"] == 1 and metrics["train_tokens"] == 0
     assert all(np.array_equal(before[k], after[k]) for k in before)

@@ -10,8 +10,8 @@ from mlx_gft.metrics import StepStats, iteration_metrics, jsonable, report_line,
 
 
 def _update(**changes) -> StepStats:
-    values = dict(loss=0.5, grad_norm=1.0, response_tokens=10, metric_tokens=10,
-                  entropy_sum=5.0, rectified_tokens=2)  # fmt: skip
+    values = dict(loss=0.5, grad_norm=1.0, clipped_norm=1.0, response_tokens=10,
+                  metric_tokens=10, entropy_sum=5.0)  # fmt: skip
     return StepStats(**{**values, **changes})
 
 
@@ -28,8 +28,8 @@ def test_an_iteration_with_no_scored_token_has_no_entropy_not_nan():
 
 
 def test_a_window_of_skipped_updates_has_a_null_loss_and_the_others_average_the_rest():
-    r = _window(_update(loss=math.nan, grad_norm=math.inf, skipped=1))
-    assert r["loss"] is None and r["grad_norm"] is None
+    r = _window(_update(loss=math.nan, grad_norm=math.inf, clipped_norm=math.inf, skipped=1))
+    assert r["loss"] is None and r["grad_norm"] is None and r["grad_norm_clipped"] is None
     assert "Train loss -" in report_line(r) and "Grad norm -" in report_line(r)
     assert json.loads(json.dumps(jsonable(r), allow_nan=False))["loss"] is None
     mixed = _window(_update(loss=math.nan, skipped=1), _update(loss=0.25))

@@ -95,10 +95,15 @@ def _loss_and_grad(tiny_model, config):
 def test_shared_loss_and_gradients_equal_the_plain_pass(tiny_model, fine_tune_type, options):
     config = build_config(num_layers=-1, fine_tune_type=fine_tune_type, **options)
     model, step, start, batch, spans = _loss_and_grad(tiny_model, config)
-    (plain, plain_stats), plain_grads = step(start, *batch)
-    (shared, shared_stats), shared_grads = step(start, *batch, spans=spans)
+    (plain, (plain_stats, plain_lp)), plain_grads = step(start, *batch)
+    (shared, (shared_stats, shared_lp)), shared_grads = step(start, *batch, spans=spans)
     assert abs(plain.item() - shared.item()) <= 1e-5
     np.testing.assert_allclose(np.array(shared_stats), np.array(plain_stats), rtol=1e-5)
+    # The log-probs the loss used (the group log's): the same at every scored token.
+    scored = np.array(batch[1]) > 0
+    np.testing.assert_allclose(
+        np.array(shared_lp)[scored], np.array(plain_lp)[scored], rtol=1e-5, atol=1e-5
+    )
     plain_grads, shared_grads = dict(tree_flatten(plain_grads)), dict(tree_flatten(shared_grads))
     assert plain_grads.keys() == shared_grads.keys()
     worst = max(np.abs(np.array(plain_grads[k] - shared_grads[k])).max() for k in plain_grads)

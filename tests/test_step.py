@@ -86,13 +86,13 @@ def assert_close(a: np.ndarray, b: np.ndarray, name: str) -> None:
     assert np.abs(a - b).max() <= 1e-5 * scale, (name, np.abs(a - b).max(), scale)
 
 
-def _params_after_update(tiny_model, config, start, arrays, sizes):
+def _params_after_update(tiny_model, config, start, arrays, sizes, kinds=None):
     model, _ = load(str(tiny_model))
     mx.random.seed(0)  # the same LoRA initialisation for every call
     setup_trainable(model, config)
     stepper = Stepper(model, optim.SGD(learning_rate=1.0), config)
     before = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
-    metrics = run_updates(stepper, sizes, start, arrays, config)
+    metrics = run_updates(stepper, sizes, start, arrays, config, kinds).metrics
     after = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
     # SGD with lr 1: the change is minus the (clipped) gradient.
     return {k: before[k] - after[k] for k in before}, metrics
@@ -282,11 +282,19 @@ def test_leaving_quiet_rows_out_makes_the_same_update(
             skip_zero_advantage=skip,
         )  # fmt: skip
         rows_run.clear()
-        results[skip] = _params_after_update(tiny_model, config, start, arrays, [4, 4, 4])
+        kinds = ["expert", "sampled", "sampled", "sampled"] * 3
+        results[skip] = _params_after_update(tiny_model, config, start, arrays, [4, 4, 4], kinds)
         assert sum(rows_run) == (5 if skip else 12)  # A != 0 and something scored: 5 rows
     (every, m_every), (skipped, m_skipped) = results[False], results[True]
     np.testing.assert_allclose(m_skipped["loss"], m_every["loss"], rtol=1e-5)
     assert m_every["quiet_row_frac"] == 0 and m_skipped["quiet_row_frac"] == pytest.approx(7 / 12)
+    # Everything else reported is the same: tokens, rectified shares, GFT's mechanism.
+    m_every.pop("quiet_row_frac"), m_skipped.pop("quiet_row_frac")
+    assert m_every.keys() == m_skipped.keys()
+    assert {"train_tokens", "rectified_frac", "expert_pull", "adv_expert"} <= m_every.keys()
+    assert m_every["train_tokens"] == int(np.array(arrays[1]).sum())  # every row's tokens
+    for key, value in m_every.items():
+        assert m_skipped[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     for k in every:
         assert_close(every[k], skipped[k], k)
     assert max(np.abs(v).max() for v in every.values()) > 1e-4

@@ -106,9 +106,9 @@ def test_a_drift_into_cut_off_samples_is_said_once(
 
 def test_resume_matches_an_unbroken_run(tiny_model, arithmetic_data, tmp_path):
     common = ["--save-every", "2", "--seed", "3"]
-    quick_run(tiny_model, arithmetic_data, tmp_path / "full", "--iters", "4", *common)
+    full, _ = quick_run(tiny_model, arithmetic_data, tmp_path / "full", "--iters", "4", *common)
     quick_run(tiny_model, arithmetic_data, tmp_path / "part", "--iters", "2", *common)
-    _, lines = quick_run(
+    part, lines = quick_run(
         tiny_model, arithmetic_data, tmp_path / "part", "--iters", "4", "--resume", *common
     )
     assert "Resuming from iteration 2" in lines
@@ -117,6 +117,14 @@ def test_resume_matches_an_unbroken_run(tiny_model, arithmetic_data, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(np.array(a[k]), np.array(b[k]), atol=1e-5)
+    # The last report is the unbroken run's: running counts carry on from the checkpoint.
+    unbroken, resumed = full["reports"][-1], part["reports"][-1]
+    assert resumed["trained_tokens"] == unbroken["trained_tokens"] > 0
+    clock = ("_time", "per_sec", "memory_gb")  # seconds, rates and memory differ run to run
+    assert resumed.keys() == unbroken.keys()
+    for key, value in unbroken.items():
+        if not key.endswith(clock) and value is not None:
+            assert resumed[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
 def test_yaml_only_configuration(tmp_path, tiny_model, arithmetic_data):
@@ -383,7 +391,8 @@ def test_probe_kl_is_zero_at_the_base_and_positive_after_a_change(tiny_model):
     setup_trainable(model, config)
     examples = [Example(prompt=tokenizer.encode(f"What is {i} + 3?"), expert=[1]) for i in range(4)]
     probe = make_probe(model, tokenizer, examples, config)
-    assert probe_kl(model, probe) == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero
+    at_base = probe_kl(model, probe)  # LoRA B starts at zero
+    assert at_base == pytest.approx({"kl_to_base": 0.0, "kl_to_base_per_token": 0.0}, abs=1e-6)
     from mlx.utils import tree_unflatten
 
     mx.random.seed(1)
@@ -391,7 +400,13 @@ def test_probe_kl_is_zero_at_the_base_and_positive_after_a_change(tiny_model):
         (k, mx.random.normal(v.shape) * 0.05) for k, v in tree_flatten(model.trainable_parameters())
     ]
     model.update(tree_unflatten(moved))
-    assert probe_kl(model, probe) > 1e-4
+    kl = probe_kl(model, probe)
+    assert kl["kl_to_base"] > 1e-4
+    # Per token: the same terms over every probe token, so the per-answer sum's mean
+    # over answers divided by the mean answer length.
+    tokens = float(probe["mask"].sum())
+    answers = probe["mask"].shape[0]
+    assert kl["kl_to_base_per_token"] == pytest.approx(kl["kl_to_base"] * answers / tokens)
 
 
 def test_sft_verified_trains_on_the_expert_answers_the_reward_accepts(

@@ -66,6 +66,12 @@ def test_method_names_carry_options():
             why_gft.parse_method(bad, 20)
     with pytest.raises(SystemExit, match="lr takes a number, not 'fast'"):
         why_gft.parse_method("gft:lr=fast", 20)
+    # The off-policy mechanism arms: the overlong punishment and unscaled advantages.
+    assert why_gft.parse_method("gft:no-mask-truncated:overlong=32:adv-scale=none", 20)[2] == [
+        {"mask_truncated": False, "overlong_buffer": 32, "adv_scale": "none"}
+    ]
+    with pytest.raises(SystemExit, match="adv_scale: 'bogus' is not one of"):
+        why_gft.parse_method("gft:adv-scale=bogus", 20)
 
 
 def _runs(**avg_by_label):
