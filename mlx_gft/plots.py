@@ -3,19 +3,92 @@
     python -m mlx_gft.plots adapters-gft adapters-sft --out plots/
 
 One PNG per metric with one line per run, and a markdown table of each run's final
-numbers. Needs matplotlib (`pip install "mlx-gft[plot]"`), imported only to draw.
+numbers. Needs matplotlib (`pip install matplotlib`; from a checkout `pip install -e
+".[plot]"`), imported only to draw. `mlx_gft.report` draws the same metrics, and the
+group log, in one HTML page without it.
 """
 
 import argparse
+import difflib
 import json
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+# Like for like: every method measured on the same thing. `entropy` is not here: GFT's
+# is taken on its own samples, SFT's on the expert answers (`val_entropy` is both on the
+# same held-out expert answers).
 DEFAULT_METRICS = (
-    "val_entropy", "entropy", "grad_norm", "kl_to_base", "reward_sampled", "val_acc",
+    "val_entropy", "grad_norm", "kl_to_base_per_token", "val_acc", "sample_acc",
+    "zero_var_frac",
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How a metric is drawn: its title, the y axis's label with its unit, and a fixed
+    y range for shares (None: from the data)."""
+
+    title: str
+    unit: str
+    ylim: tuple[float, float] | None = None
+
+
+SHARE = (0.0, 1.0)
+METRICS = {
+    "val_entropy": Metric("Entropy on the held-out expert answers", "nats per token"),
+    "entropy": Metric(
+        "Entropy on trained tokens (GFT: its samples; SFT: the expert answers)", "nats per token"
+    ),
+    "grad_norm": Metric("Gradient norm before the clip (largest per report)", "L2 norm"),
+    "grad_norm_clipped": Metric("Gradient norm after the clip (largest per report)", "L2 norm"),
+    "kl_to_base_per_token": Metric("KL to the base model, probe answers", "nats per token"),
+    "kl_to_base": Metric("KL to the base model, summed over each probe answer", "nats per answer"),
+    "val_acc": Metric("Validation accuracy (sampled at T)", "share of problems", SHARE),
+    "sample_acc": Metric("Sampled accuracy of the training samples", "share of samples", SHARE),
+    "reward_sampled": Metric("Reward of the training samples", "reward"),
+    "zero_var_frac": Metric("Zero-variance groups (they teach nothing)", "share of groups", SHARE),
+    "truncated_frac": Metric("Samples cut off at the length limit", "share of samples", SHARE),
+    "rectified_expert": Metric("Expert tokens rectified: p <= tau", "share of tokens", SHARE),
+    "rectified_frac": Metric("Trained tokens rectified: p <= tau", "share of tokens", SHARE),
+    "expert_pull": Metric("Pull toward the expert answer", "weight, in SFT units (SFT = 1)"),
+    "adv_expert": Metric("Mean advantage of the expert answer", "advantage (z-score)"),
+    "adv_sampled": Metric("Mean advantage of the samples", "advantage (z-score)"),
+    "loss": Metric("Training loss", "loss"),
+    "val_loss": Metric("Validation loss: NLL of the held-out expert answers", "nats per token"),
+    "overlong_penalty": Metric("Soft overlong punishment of the samples", "reward (mean)"),
+    "quiet_row_frac": Metric("Rows left out of the update (A = 0)", "share of rows", SHARE),
+    "pass_at_k": Metric("pass@k on the held-out problems", "share of problems", SHARE),
+}
+# One colour per run, the same in every figure (matplotlib's tab10, colour-blind aware).
+COLORS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+)  # fmt: skip
+
+
+def run_color(index: int) -> str:
+    """The colour of the run at this position of the command line (or mapping)."""
+    return COLORS[index % len(COLORS)]
+
+
+def describe(metric: str) -> Metric:
+    return METRICS.get(metric, Metric(metric, metric))
+
+
+def check_metrics(wanted: Sequence[str], series: dict[str, "Series"]) -> None:
+    """An unknown metric name is an error that names the closest ones (a misspelt
+    --metrics would otherwise draw nothing and say nothing)."""
+    logged = {k for s in series.values() for k in s}
+    known = logged | set(METRICS)
+    for name in wanted:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown metric {name!r}{hint}")
+
 
 Series = dict[str, list[tuple[int, float]]]
 
@@ -66,7 +139,8 @@ def _figure_class():
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ImportError(
-            'plotting needs matplotlib: pip install "mlx-gft[plot]" (or pip install matplotlib)'
+            "plotting needs matplotlib: pip install matplotlib (from a checkout: "
+            "pip install -e '.[plot]')"
         ) from None
     return Figure, FigureCanvasAgg, MaxNLocator
 
@@ -92,6 +166,9 @@ def plot_runs(
 ) -> list[Path]:
     """Write <metric>.png for each metric some run logged, one line per run; returns them.
     A run is its folder (or metrics.jsonl), or a series already read (`chain_stages`).
+    Each run keeps its colour in every figure; axes carry the metric's unit (`METRICS`);
+    val_acc is drawn with its standard error and says over how many problems. An
+    unknown metric name is an error (`check_metrics`).
 
     Uses matplotlib's Agg canvas directly, not pyplot, so it changes no global backend
     (safe inside a notebook or a GUI session).
@@ -100,6 +177,8 @@ def plot_runs(
     series = {
         name: run if isinstance(run, dict) else read_metrics(run) for name, run in runs.items()
     }
+    check_metrics(metrics, series)
+    colors = {name: run_color(i) for i, name in enumerate(series)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -107,14 +186,35 @@ def plot_runs(
         logged = {name: s[metric] for name, s in series.items() if s.get(metric)}
         if not logged:
             continue
+        info = describe(metric)
         fig = Figure(figsize=(6.4, 4.0), constrained_layout=True)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
+        title = info.title
         for name, points in logged.items():
             x, y = zip(*points, strict=True)
-            ax.plot(x, y, label=name, marker="o" if len(points) < 20 else None, markersize=3)
-        ax.set_title(metric)
+            style = dict(label=name, color=colors[name], markersize=3)
+            errors = dict(series[name].get(f"{metric}_stderr", []))
+            if errors:
+                yerr = [errors.get(i, 0.0) for i in x]
+                ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, **style)
+            else:
+                ax.plot(x, y, marker="o" if len(points) < 20 else None, **style)
+        if metric == "val_acc":
+            sizes = {int(v) for s in series.values() for _, v in s.get("val_problems", [])}
+            if sizes:
+                n = "/".join(str(v) for v in sorted(sizes))
+                title += f", {n} problems, ± one standard error"
+        if metric == "grad_norm" and any("grad_norm_clipped" in s for s in series.values()):
+            clipped = [v for s in series.values() for _, v in s.get("grad_norm_clipped", [])]
+            if clipped and max(clipped) < max(v for p in logged.values() for _, v in p):
+                ax.axhline(max(clipped), color="black", linestyle="--", linewidth=1,
+                           label=f"clip ({max(clipped):g})")  # fmt: skip
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
+        ax.set_ylabel(info.unit)
+        if info.ylim:
+            ax.set_ylim(*info.ylim)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
@@ -135,9 +235,10 @@ def _max(points: list[tuple[int, float]] | None) -> float | None:
 
 # (column title, metric, how the run's series becomes one number)
 COLUMNS = (
-    ("final entropy", "entropy", _final),
-    ("max grad norm", "grad_norm", _max),
-    ("final KL to base", "kl_to_base", _final),
+    ("final val entropy, nats/token", "val_entropy", _final),
+    ("max grad norm before the clip", "grad_norm", _max),
+    ("final KL to base, nats/token", "kl_to_base_per_token", _final),
+    ("final KL to base, nats/answer", "kl_to_base", _final),
     ("final val_acc", "val_acc", _final),
 )
 

@@ -17,7 +17,10 @@ from mlx_gft.job import run
 from mlx_gft.lora import DEFAULTS_DIFFER, parse_config
 from mlx_gft.metrics import Reporter
 
-SCRIPTS = ("mlx_gft.lora", "mlx_gft.evaluate", "mlx_gft.distill", "mlx_gft.convert")
+SCRIPTS = (
+    "mlx_gft.lora", "mlx_gft.evaluate", "mlx_gft.distill", "mlx_gft.convert", "mlx_gft.plots",
+    "mlx_gft.report",
+)  # fmt: skip
 # mlx_lm.lora's log lines, as scripts that read its logs match them.
 TRAIN_LINE = re.compile(
     r"^Iter (\d+): Train loss ([\d.]+), Learning Rate ([\d.e+-]+), It/sec ([\d.]+), "
