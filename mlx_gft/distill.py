@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import rewards as rewards_lib
 from .checkpoint import write_jsonl
-from .config import add_data_options
+from .config import DefaultsFormatter, add_data_options
 from .data import DataError, Source, open_source, parse_row, raw_rows
 from .evaluate import check_sampling_options, sampled_batches, sampling_examples
 from .formats import Features
@@ -233,8 +233,9 @@ def distill(args: argparse.Namespace, log=print) -> dict[str, SplitStats]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m mlx_gft.distill",
+        prog="mlx_gft.distill",
         description="Add teacher-model answers (teacher_responses) to a dataset for GFT.",
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("--teacher", required=True, help="Hub id, mlx-lm folder or .gguf file")
     p.add_argument(
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-correct", action="store_true", help="keep only answers the math verifier accepts"
     )
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="the teacher's sampling")
     p.add_argument("--top-k", type=int, default=0, help="sampling top-k (default: 0, off)")
     p.add_argument("--min-p", type=float, default=0.0, help="sampling min-p (default: 0.0, off)")
     p.add_argument("--max-tokens", type=int, default=256, help="new tokens per answer")
@@ -267,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="most teacher samples decoded at once, to bound memory; the samples do not "
         "change (default: all of a batch, batch-size x num-responses)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the teacher's random draws")
     add_data_options(p)  # --prompt-feature ... as training reads the rows
     return p
 

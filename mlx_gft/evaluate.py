@@ -21,7 +21,7 @@ import numpy as np
 from . import rewards as rewards_lib
 from .answers import extract_answer
 from .checkpoint import write_json
-from .config import add_data_options
+from .config import DefaultsFormatter, add_data_options
 from .data import DataError, Example, open_source, read_jsonl, tokenize_rows
 from .formats import Features
 from .groups import Groups, Member, reward_inputs
@@ -386,11 +386,19 @@ def format_table(result: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m mlx_gft.evaluate",
+        prog="mlx_gft.evaluate",
         description="Verifier accuracy on held-out problems: avg@k, pass@k and greedy.",
+        formatter_class=DefaultsFormatter,
     )
-    p.add_argument("--model", help="Hub id, mlx-lm folder or .gguf file (default: embedded)")
-    p.add_argument("--model-dtype", help="for .gguf models: float32, bfloat16, float16, ...")
+    p.add_argument(
+        "--model",
+        help="Hub id, mlx-lm folder or .gguf file (unset: the embedded SmolLM2-135M-Instruct)",
+    )
+    p.add_argument(
+        "--model-dtype",
+        help="for .gguf models: float32, bfloat16, float16 or keep-quantized (unset: float32 "
+        "on a CPU, keep-quantized on Apple silicon)",
+    )
     p.add_argument("--adapter-path", help="folder with adapters.safetensors + adapter_config")
     p.add_argument(
         "--data", help="folder with <split>.jsonl, a .jsonl file or Hub dataset (default: built-in)"
@@ -402,9 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
         "the folder, e.g. ood (default: test)",
     )
     add_data_options(p)  # --prompt-feature ... as training reads the rows
-    p.add_argument("--limit", type=int, help="only the first N problems")
-    p.add_argument("--samples", type=int, default=4, help="k samples per problem (default: 4)")
-    p.add_argument("--temperature", type=float, default=1.0, help="for the k samples")
+    p.add_argument("--limit", type=int, help="only the first N problems (unset: all)")
+    p.add_argument("--samples", type=int, default=4, help="k samples per problem")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="for the k samples (greedy is also scored)"
+    )
     p.add_argument("--top-k", type=int, default=0, help="sampling top-k (default: 0, off)")
     p.add_argument("--min-p", type=float, default=0.0, help="sampling min-p (default: 0.0, off)")
     p.add_argument("--max-tokens", type=int, default=256, help="new tokens per answer")
@@ -422,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="most samples decoded at once, to bound memory; the samples do not change "
         "(default: all of a batch, batch-size x samples)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples' random draws")
     p.add_argument("--output", help="JSON file (default: <adapter-path or .>/eval_results.json)")
     return p
 

@@ -53,17 +53,63 @@ def _arg_type(tp):
     return base, None
 
 
+# --help in groups, as pip and pytest group theirs: mlx_lm.lora's own options first (same
+# names, defaults and meaning), then GFT's. tests/test_help.py checks that every option
+# is in exactly one group and that the first is mlx_lm.lora's CONFIG_DEFAULTS.
+HELP_GROUPS = {
+    "mlx_lm.lora's options (same names and meaning; the defaults that differ are at the end)": (
+        "model", "trust_remote_code", "data", "train", "test", "fine_tune_type", "optimizer",
+        "mask_prompt", "num_layers", "batch_size", "iters", "val_batches", "learning_rate",
+        "steps_per_report", "steps_per_eval", "grad_accumulation_steps", "resume_adapter_file",
+        "adapter_path", "save_every", "test_batches", "max_seq_length", "grad_checkpoint",
+        "clear_cache_threshold", "seed", "report_to", "project_name",
+    ),
+    "Data and model": (
+        "model_dtype", "dataset_config", "prompt_feature", "completion_feature",
+        "answer_feature", "chat_feature", "text_feature", "long_prompts", "epochs",
+    ),
+    "GFT's method (and the baselines')": (
+        "loss", "group_size", "teacher_count", "tau", "adv_scale", "loss_agg",
+        "mask_truncated", "overlong_buffer", "overlong_penalty", "dynamic_sampling",
+        "max_sampling_rounds", "updates_per_batch", "grad_clip", "clip_eps", "kl_coef",
+        "stages",
+    ),
+    "Sampling": ("temperature", "top_p", "max_completion_length"),
+    "Rewards": ("reward", "reward_weights", "reward_timeout"),
+    "Speed and memory": (
+        "micro_batch_size", "micro_batch_tokens", "shared_prompt", "skip_zero_advantage",
+    ),
+    "Logging, checkpoints and recovery": (
+        "resume", "probe_size", "log_completions", "num_completions_to_print",
+        "max_skipped_steps",
+    ),
+}  # fmt: skip
+
+
+def _help_text(f: dataclasses.Field) -> str:
+    """The field's help and its default, said once (an unset default's meaning is in the
+    help itself)."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if default is None:
+        return f.metadata["help"]
+    return f"{f.metadata['help']} (default: {default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mlx_gft.lora",
-        description="Group Fine-Tuning (GFT) with LoRA, DoRA or full fine-tuning.",
+        prog="mlx_gft.lora",
+        description="Group Fine-Tuning (GFT), or SFT, DFT and GRPO, with LoRA, DoRA or full "
+        "fine-tuning, mlx_lm.lora-style: every mlx_lm.lora option and YAML key works with its "
+        "meaning. Precedence: command line > YAML (-c) > defaults.",
         epilog="YAML-only: "
         + ", ".join(YAML_ONLY)
-        + ". mlx_lm.lora's options and YAML keys are all accepted. Defaults that differ: "
+        + ". Defaults that differ from mlx_lm.lora's: "
         + "; ".join(f"{k}: {why}" for k, why in DEFAULTS_DIFFER.items())
-        + ". grad_accumulation_steps N splits each update into N parts (less memory, the "
-        + "same update); mlx_lm.lora's makes each update N batches: multiply --batch-size "
-        + "by N for that.",
+        + ". Options mlx_lm.lora has not that change the update: grad_clip 1.0 (every "
+        + "update's gradient norm is clipped to 1.0, as the GFT reference does; mlx_lm.lora "
+        + "does not clip: --grad-clip 0 for its behaviour). grad_accumulation_steps N splits "
+        + "each update into N parts (less memory, the same update); mlx_lm.lora's makes each "
+        + "update N batches: multiply --batch-size by N for that.",
         # No argparse defaults: an option absent from the command line must not mask YAML.
         argument_default=argparse.SUPPRESS,
         # No prefixes either: `--iter 4` must not quietly mean --iters (or a new option's).
@@ -71,19 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-c", "--config", help="YAML file with any of the options below")
     hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in YAML_ONLY:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata['help']} (default: {default})"
-        if hints[f.name] is bool:
-            # --x / --no-x: the command line can switch off what a YAML file switched on.
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-            continue
-        tp, nargs = _arg_type(hints[f.name])
-        tp = ARG_TYPES.get(f.name, tp)
-        parser.add_argument(flag, type=tp, nargs=nargs, help=help_text, metavar=f.name.upper())
+    by_name = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for title, names in HELP_GROUPS.items():
+        group = parser.add_argument_group(title)
+        for name in names:
+            f = by_name[name]
+            flag = "--" + name.replace("_", "-")
+            if hints[name] is bool:
+                # --x / --no-x: the command line can switch off what a YAML file switched on.
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, help=_help_text(f))
+                continue
+            tp, nargs = _arg_type(hints[name])
+            tp = ARG_TYPES.get(name, tp)
+            group.add_argument(flag, type=tp, nargs=nargs, help=_help_text(f), metavar=name.upper())
     return parser
 
 

@@ -273,19 +273,25 @@ def run_names(paths: Sequence[str | Path]) -> dict[str, Path]:
     return dict(zip(names, map(Path, paths), strict=True))
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mlx_gft.plots",
-        description="Plot metrics.jsonl of one or more training runs and print a summary.",
+        prog="mlx_gft.plots",
+        description="Plot metrics.jsonl of one or more training runs (one PNG per metric, one "
+        "colour per run) and print a table of their final numbers. mlx_gft.report draws the "
+        "same in one HTML page, with the logged groups.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="adapter folders of runs")
     parser.add_argument("--out", required=True, help="folder for the PNG files")
     parser.add_argument(
         "--metrics",
         default=",".join(DEFAULT_METRICS),
-        help=f"comma-separated (default: {','.join(DEFAULT_METRICS)})",
+        help=f"comma-separated metrics.jsonl keys (default: {','.join(DEFAULT_METRICS)})",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     runs = run_names(args.runs)
     try:
         print(summary_table(runs))

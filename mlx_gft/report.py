@@ -394,7 +394,7 @@ def build_report(
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlx_gft.report",
         description="One self-contained HTML page of training runs: the dynamics of every "
@@ -402,7 +402,12 @@ def main(argv: list[str] | None = None) -> None:
         "members with their rewards, advantages and per-token weights.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (--adapter-path)")
-    parser.add_argument("-o", "--output", default="report.html", help="(default: report.html)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="report.html",
+        help="the HTML file to write (default: report.html)",
+    )
     parser.add_argument(
         "--metrics",
         default=",".join(PANELS),
@@ -414,7 +419,11 @@ def main(argv: list[str] | None = None) -> None:
         default=40,
         help="groups shown per run, spread over it (default: 40)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     names = run_names(args.runs)
     try:
         page = build_report(names, [m for m in args.metrics.split(",") if m], args.max_groups)
