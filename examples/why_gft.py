@@ -59,7 +59,12 @@ from mlx_gft.tasks.arithmetic import STYLES
 STEPS_STYLE = r"Step 1:|\\boxed\{"
 # Wrong expert answers: SFT imitates them, GFT's verifier scores them 0 (README, Why GFT).
 DEMO_WRONG_EXPERTS = 0.3
-PLOTTED = ("val_entropy", "grad_norm", "kl_to_base", "reward_sampled", "val_acc", "val_loss")
+# Like for like: entropy on the same held-out expert answers for every method (a run's
+# own `entropy` is GFT's samples' but SFT's expert answers'), KL per token.
+PLOTTED = (
+    "val_entropy", "grad_norm", "kl_to_base_per_token", "val_acc", "sample_acc",
+    "truncated_frac", "expert_pull",
+)  # fmt: skip
 EXAMPLES = Path(__file__).parent
 CAPITALS = EXAMPLES / "data" / "capitals"
 CONTAINS = f"{EXAMPLES / 'rewards' / 'contains_answer.py'}:contains_answer"
@@ -421,6 +426,16 @@ def compare(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
     return rows
 
 
+def seed_spread(curves: list[list[float]], metric: str) -> dict:
+    """Several seeds' curves (value at k = 1, 2, ...) as one series: their mean, and half
+    their range as `<metric>_spread`, which mlx_gft.plots draws as error bars."""
+    by_k = list(zip(*curves, strict=True))
+    return {
+        metric: [(k, statistics.fmean(v)) for k, v in enumerate(by_k, start=1)],
+        f"{metric}_spread": [(k, (max(v) - min(v)) / 2) for k, v in enumerate(by_k, start=1)],
+    }
+
+
 def plots(curves: dict, rows: dict[str, dict], folder: Path) -> None:
     passk = {
         label: {"pass_at_k": list(enumerate(r["pass_at"], start=1))}
@@ -666,17 +681,9 @@ def main() -> None:
     if len(seeds) > 1:
         summary = f"Seeds {args.seeds}: mean ± half the range\n\n" + summary
         mean_curves = {
-            label: {
-                "pass_at_k": [
-                    (i + 1, statistics.fmean(c))
-                    for i, c in enumerate(
-                        zip(
-                            *(r[label]["pass_at"] for r in per_seed.values() if label in r),
-                            strict=True,
-                        )
-                    )
-                ]
-            }
+            label: seed_spread(
+                [r[label]["pass_at"] for r in per_seed.values() if label in r], "pass_at_k"
+            )
             for label in per_seed[seeds[0]]
             if per_seed[seeds[0]][label].get("pass_at")
         }

@@ -194,7 +194,11 @@ def plot_runs(
         for name, points in logged.items():
             x, y = zip(*points, strict=True)
             style = dict(label=name, color=colors[name], markersize=3)
-            errors = dict(series[name].get(f"{metric}_stderr", []))
+            # Error bars: a metric's standard error (val_acc), or over seeds half the
+            # range of a mean (why_gft's pass@k of several seeds).
+            errors = dict(
+                series[name].get(f"{metric}_stderr") or series[name].get(f"{metric}_spread") or []
+            )
             if errors:
                 yerr = [errors.get(i, 0.0) for i in x]
                 ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, **style)
@@ -205,6 +209,8 @@ def plot_runs(
             if sizes:
                 n = "/".join(str(v) for v in sorted(sizes))
                 title += f", {n} problems, ± one standard error"
+        if any(f"{metric}_spread" in s for s in series.values()):
+            title += ", mean over seeds, bars: half the range"
         if metric == "grad_norm" and any("grad_norm_clipped" in s for s in series.values()):
             clipped = [v for s in series.values() for _, v in s.get("grad_norm_clipped", [])]
             if clipped and max(clipped) < max(v for p in logged.values() for _, v in p):

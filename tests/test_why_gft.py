@@ -99,7 +99,7 @@ def test_why_gft_writes_the_table_and_plots(tiny_model, tmp_path):
     # Each stage in its own folder; the iterations are shared between SFT and GFT.
     steps = [r["iteration"] for r in _jsonl(out / "seed0" / "sft+gft" / "2-gft" / "metrics.jsonl")]
     assert max(steps) == 1 and (out / "seed0" / "sft+gft" / "3-grpo" / "metrics.jsonl").exists()
-    for png in ("val_entropy", "grad_norm", "kl_to_base", "pass_at_k"):
+    for png in ("val_entropy", "grad_norm", "kl_to_base_per_token", "pass_at_k"):
         assert (out / "seed0" / "plots" / f"{png}.png").stat().st_size > 1000
     assert (out / "plots" / "pass_at_k.png").stat().st_size > 1000  # mean over the seeds
 

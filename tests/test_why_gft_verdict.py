@@ -196,3 +196,13 @@ def test_a_bad_method_option_stops_before_any_data_is_written(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "unknown option 'bogus'" in done.stderr
     assert not out.exists()
+
+
+def test_a_mean_over_seeds_carries_its_spread():
+    """why_gft's pass@k of several seeds: the mean at each k, and half the range, which
+    mlx_gft.plots draws as error bars."""
+    curves = [[0.5, 0.7, 0.8], [0.7, 0.8, 0.9], [0.6, 0.9, 1.0]]
+    series = why_gft.seed_spread(curves, "pass_at_k")
+    assert [k for k, _ in series["pass_at_k"]] == [1, 2, 3]
+    assert [v for _, v in series["pass_at_k"]] == pytest.approx([0.6, 0.8, 0.9])
+    assert [v for _, v in series["pass_at_k_spread"]] == pytest.approx([0.1, 0.1, 0.1])
