@@ -83,16 +83,21 @@ def gather_groups(
     ranks=None,
 ) -> TrainBatch:
     """One iteration's scored groups (no arrays yet). `draw()` -> (seed, examples): the
-    next batch of prompts in the data order and its sampling seed.
+    next batch of prompts in the data order that this iteration has not drawn yet, and
+    its sampling seed; None once the iteration has drawn every batch of the data.
 
     One batch; or, with `dynamic_sampling` (DAPO's dynamic sampling) and a method that
     samples, batches drawn in turn, each sampled in one go, keeping the groups whose
-    rewards differ, until there are as many as one batch has prompts (on every rank) or
-    `max_sampling_rounds` batches were drawn; the first ones kept are trained on. A
-    quiet group has A = 0 everywhere: it would cost a full update and teach nothing."""
+    rewards differ, until there are as many as one batch has prompts (on every rank),
+    `max_sampling_rounds` batches were drawn or no batch is left to draw; the first ones
+    kept are trained on. A quiet group has A = 0 everywhere: it would cost a full update
+    and teach nothing."""
 
-    def next_batch() -> TrainBatch:
-        seed, examples = draw()
+    def next_batch() -> TrainBatch | None:
+        drawn = draw()
+        if drawn is None:
+            return None
+        seed, examples = drawn
         return score_groups(model, tokenizer, examples, config, reward_fns, seed, trainer_state)
 
     batch = next_batch()
@@ -107,6 +112,8 @@ def gather_groups(
         if not short or len(rounds) >= config.max_sampling_rounds:
             break
         batch = next_batch()
+        if batch is None:  # every batch drawn (the ranks share the data order: on all)
+            break
         rounds.append(batch)
         kept.append(batch.select(np.flatnonzero(~batch.quiet)))
     groups = Groups.concat([k.groups for k in kept])
@@ -114,7 +121,7 @@ def gather_groups(
     quiet = np.concatenate([k.quiet for k in kept])
     rewards = np.concatenate([k.rewards for k in kept])
     columns = {name: np.concatenate([k.reward_columns[name] for k in kept]) for name in
-               batch.reward_columns}  # fmt: skip
+               rounds[0].reward_columns}  # fmt: skip
     out = TrainBatch(groups, advantages, quiet, rewards, columns)
     out = out.select(range(min(have, wanted)))
     out.metrics = combine_rounds([r.metrics for r in rounds])

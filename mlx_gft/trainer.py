@@ -155,12 +155,21 @@ def train_stage(
         seconds = clock.add("val_time", time.perf_counter() - tic)
         report.val({"iteration": done, **val}, seconds)
 
-    def draw() -> tuple[int, list[Example]]:
-        """The next batch of prompts in the data order (this rank's share), and its
-        sampling seed: resumable, it depends only on the position (and the rank)."""
-        position, indices = stream.next()
-        picked = distributed.shard(indices, ranks)
-        return sampling_seed(config, position, ranks), [train_set[i] for i in picked]
+    def draw_from(first: int):
+        """`gather_groups`' draw() for the iteration that starts drawing at position
+        `first`: the next batch of prompts in the data order that the iteration has not
+        drawn yet (this rank's share) and its sampling seed, or None once it drew every
+        batch. Resumable: it depends only on the positions (and the rank)."""
+
+        def draw() -> tuple[int, list[Example]] | None:
+            drawn = stream.next(since=first)
+            if drawn is None:
+                return None
+            position, indices = drawn
+            picked = distributed.shard(indices, ranks)
+            return sampling_seed(config, position, ranks), [train_set[i] for i in picked]
+
+        return draw
 
     if lead and valid_set and start == 0:
         evaluate(0)  # the starting point, as mlx_lm.lora does: curves begin at the base
@@ -170,9 +179,12 @@ def train_stage(
             for it in range(start, total_iters):
                 first = stream.position  # where this iteration starts drawing
                 mx.random.seed(sampling_seed(config, first, ranks))
-                state = trainer_state(config, it, total_iters, len(batches))
+                # (With dynamic sampling the data order runs ahead of the iterations.)
+                state = trainer_state(config, it, total_iters, len(batches), first - data_offset)
                 try:
-                    batch = gather_groups(model, tokenizer, draw, config, reward_fns, state, ranks)
+                    batch = gather_groups(
+                        model, tokenizer, draw_from(first), config, reward_fns, state, ranks
+                    )
                 except rewards_lib.RewardError as e:
                     # Nothing of this iteration is applied yet: keep the work done so far.
                     if it > saved:  # (distributed: the other ranks stop at their next exchange)
@@ -225,9 +237,10 @@ def train_stage(
                         counts.noticed_short = True
                         log(
                             f"Note: iteration {it + 1} trains on {row['groups_kept']:.0f} of "
-                            f"{config.batch_size} groups: no more had reward spread in "
-                            f"{config.max_sampling_rounds} batches (--max-sampling-rounds); the "
-                            "report lines count groups and rounds."
+                            f"{config.batch_size} groups: no more had reward spread in the "
+                            f"{row['sampling_rounds']:.0f} batches it drew (at most "
+                            f"--max-sampling-rounds {config.max_sampling_rounds}, and each "
+                            "batch of the data once); the report lines count groups and rounds."
                         )
                 cuts = counts.cut_shares
                 cuts.append(row.get("truncated_frac", 0.0))
@@ -314,15 +327,22 @@ def sampling_seed(config: TrainConfig, position: int, ranks) -> int:
 
 
 def trainer_state(
-    config: TrainConfig, iteration: int, total_iters: int, batches_per_epoch: int
+    config: TrainConfig,
+    iteration: int,
+    total_iters: int,
+    batches_per_epoch: int,
+    drawn: int | None = None,
 ) -> TrainerState:
     """Where this stage stands before its 0-based `iteration`, for TRL rewards. Counted
-    from the iteration, not the optimizer, so a resumed run passes the same values."""
+    from the iteration and the data order, not the optimizer, so a resumed run passes the
+    same values. `drawn`: the batches of the data order this stage passed before it (one
+    per iteration unless given; more with dynamic sampling), which `epoch` counts."""
     updates = config.updates_per_batch  # every iteration makes this many, applied or not
+    drawn = iteration if drawn is None else drawn
     return TrainerState(
         global_step=iteration * updates,
         max_steps=total_iters * updates,
-        epoch=iteration / batches_per_epoch,
+        epoch=drawn / batches_per_epoch,
     )
 
 

@@ -27,7 +27,10 @@ def _train(tiny_model, data, adapters, *extra, ranks: int = 1) -> subprocess.Com
         launch = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()"]
         cmd = [*launch, "--backend", "ring", "-n", str(ranks), "--starting-port", port, *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.returncode == 0, text
+    # mlx.launch exits 0 whatever its ranks did: it says which failed.
+    assert "exited with code" not in out.stderr and "was killed" not in out.stderr, text
     return out
 
 
@@ -69,6 +72,42 @@ def test_gft_on_two_ranks_accounts_for_both(tiny_model, arithmetic_data, tmp_pat
     )  # fmt: skip
     state = json.loads((tmp_path / "gft" / "checkpoint" / "state.json").read_text())
     assert state["iteration"] == 4
+
+
+# Rank 1's groups are all quiet (every answer scores alike); rank 0's all have spread
+# (the expert's answer alone scores): each update has rows to run on rank 0 only.
+RANK_ONE_QUIET = """
+import os
+
+
+def score(kind, **kwargs):
+    if os.environ["MLX_RANK"] == "1":
+        return 1.0
+    return float(kind == "expert")
+"""
+
+
+def test_a_rank_whose_groups_are_all_quiet_joins_every_update(
+    tiny_model, arithmetic_data, tmp_path
+):
+    """Rank 1 runs no row (skip_zero_advantage) while rank 0 does: rank 1 still takes
+    part in every update (no rank waits forever, none errs), and every update applies."""
+    reward = tmp_path / "rank_one_quiet.py"
+    reward.write_text(RANK_ONE_QUIET)
+    folder = tmp_path / "ad"
+    _train(
+        tiny_model, arithmetic_data, folder, "--loss", "gft", "--reward", f"{reward}:score",
+        "--no-mask-truncated", ranks=2,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["iteration"] for r in train_rows] == [1, 2, 3]
+    for r in train_rows:
+        # Every row of rank 1 left out, none of rank 0 (all scored): the mean is 1/2.
+        assert r["quiet_row_frac"] == 0.5
+        assert r["idle_updates"] == 0 and r["skipped"] == 0 and np.isfinite(r["loss"])
+    adapters = _adapters(folder)
+    assert max(float(np.abs(v).max()) for k, v in adapters.items() if "lora_b" in k) > 0
 
 
 def test_batch_must_split_evenly_over_ranks(tiny_model, arithmetic_data, tmp_path):

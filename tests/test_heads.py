@@ -85,7 +85,9 @@ def test_every_family_in_the_table_is_tested():
 
 
 @pytest.mark.parametrize("family", [*FAMILIES, "gemma3"])
-def test_split_head_gives_the_models_own_log_probs_on_the_scored_positions(family, monkeypatch):
+def test_split_head_gives_the_models_own_log_probs_on_the_scored_positions(
+    family, monkeypatch, passes
+):
     model = build(family)
     assert split_head(model) is not None
     tokens, start = _tokens(), 8
@@ -98,9 +100,10 @@ def test_split_head_gives_the_models_own_log_probs_on_the_scored_positions(famil
         "head_logprobs",
         lambda head, h, *a: seen.append(h.shape) or head_logprobs(head, h, *a),
     )
-    for chunk in (0, 5):  # one piece, and chunks of 5 positions
+    for chunk, chunked in ((0, 0), (5, 1)):  # one piece, and chunks of 5 positions
         lp, _ = token_logprobs(model, tokens, start=start, chunk=chunk)
         np.testing.assert_allclose(np.array(lp), np.array(expected), rtol=1e-5, atol=2e-5)
+        assert passes["chunked"] == chunked, chunk  # the chunked head ran, and only then
     # The head ran on the positions from `start` only, never on the prompt before it.
     assert seen == [(3, 19 - start, 32)] * 2
 
@@ -179,7 +182,7 @@ def _trainable(family: str, how: str) -> nn.Module:
         ("gemma2", "lora-embedding", "model.embed_tokens.lora_a"),  # tied and softcapped
     ],
 )
-def test_chunked_head_gives_every_trainable_parameter_its_gradient(family, how, head_key):
+def test_chunked_head_gives_every_trainable_parameter_its_gradient(family, how, head_key, passes):
     model = _trainable(family, how)
     tokens, start = _tokens(length=24), 4
     weights = mx.array(np.random.default_rng(3).standard_normal((3, 23 - start)), mx.float32)
@@ -192,7 +195,10 @@ def test_chunked_head_gives_every_trainable_parameter_its_gradient(family, how, 
         value, g = nn.value_and_grad(model, loss)(model)
         return value.item(), dict(tree_flatten(g))
 
-    (v_full, g_full), (v_chunk, g_chunk) = grads(0), grads(7)
+    v_full, g_full = grads(0)
+    assert passes["chunked"] == 0
+    v_chunk, g_chunk = grads(7)
+    assert passes["chunked"] == 1  # the chunked head, not the full one twice
     np.testing.assert_allclose(v_chunk, v_full, rtol=1e-5)
     assert g_full.keys() == g_chunk.keys() and head_key in g_full
     for k, g in g_full.items():
@@ -205,4 +211,5 @@ def test_chunked_head_gives_every_trainable_parameter_its_gradient(family, how, 
     # ulps (1.5e-5 seen in CI), so the tolerance is relative, as in the tests above.
     lp_again, _ = token_logprobs(model, tokens, start=start, chunk=7)
     lp_full, _ = token_logprobs(model, tokens, start=start, chunk=0)
+    assert passes["chunked"] == 2
     np.testing.assert_allclose(np.array(lp_again), np.array(lp_full), rtol=1e-5, atol=2e-5)

@@ -7,6 +7,7 @@ import json
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
@@ -43,12 +44,13 @@ def _largest_float(model: nn.Module) -> int:
 def test_quantized_model_trains_on_quantized_layers_and_adapters_load(
     quantized, arithmetic_data, tmp_path, monkeypatch, passes, bits, loss, kind
 ):
-    trained = []
+    trained, initial = [], {}
     setup = models.setup_trainable
 
-    def keep(model, config):  # the model the run trains, to look at after
+    def keep(model, config):  # the model the run trains, and its adapters before, to look at
         setup(model, config)
         trained.append(model)
+        initial.update(_trainable(model))
 
     monkeypatch.setattr(models, "setup_trainable", keep)
     lines = []
@@ -74,12 +76,30 @@ def test_quantized_model_trains_on_quantized_layers_and_adapters_load(
         assert passes["shared"] > 0, [line for line in lines if "Note" in str(line)]
     rows = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss"] is not None for r in rows if "grad_norm" in r)
+    # The run trained: every adapter tensor left its initial value (lora_b starts at 0, so
+    # an untrained run would still save and load equal adapters).
+    after = _trainable(model)
+    assert after.keys() == initial.keys() and any(k.endswith(".lora_b") for k in after)
+    unmoved = [k for k in after if np.array_equal(after[k], initial[k])]
+    assert not unmoved, unmoved
 
     from mlx_lm import generate, load
 
     back, tokenizer = load(str(quantized[bits]), adapter_path=str(tmp_path))
     loaded = [m for _, m in back.named_modules() if hasattr(m, "lora_a")]
     assert len(loaded) == len(wrapped) and isinstance(loaded[0].linear, nn.QuantizedLinear)
-    for ours, theirs in zip(wrapped, loaded, strict=True):
-        assert mx.array_equal(ours.lora_b, theirs.lora_b)
+    assert _trainable(back).keys() == after.keys()
+    for name, value in _trainable(back).items():
+        assert np.array_equal(value, after[name]), name
+    # ... and change what the model computes: the adapted logits are not the base's.
+    base, _ = load(str(quantized[bits]))
+    x = mx.array([tokenizer.encode("2 + 2 =")])
+    assert np.abs(np.array(back(x)) - np.array(base(x))).max() > 1e-4
     assert isinstance(generate(back, tokenizer, "2 + 2 =", max_tokens=3), str)
+
+
+def _trainable(model: nn.Module) -> dict[str, np.ndarray]:
+    """The adapters' parameters (lora_a, lora_b and DoRA's m), by name."""
+    adapters = ("lora_a", "lora_b", "m")
+    params = tree_flatten(model.parameters())
+    return {k: np.array(v) for k, v in params if k.rsplit(".", 1)[-1] in adapters}

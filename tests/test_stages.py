@@ -95,7 +95,9 @@ def test_resume_skips_finished_stages(tmp_path, tiny_model, arithmetic_data, fla
     assert "Stage 1/2 (sft) is finished: loading its adapters" in lines
     assert "Resuming from iteration 1" in lines
     state = json.loads((ad / "2-gft/checkpoint/state.json").read_text())
+    counters = state.pop("counters")  # the running counts a resume carries on from
     assert state == {"iteration": 2, "finished": True, "data_position": 4}  # SFT drew 0 and 1
+    assert counters["trained_tokens"] > 0 and len(counters["cut_shares"]) == 2
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ def _batch(n_rows=6, seed=0, groups=0):
     return start, (tokens, mask, adv, old, old - 0.1)
 
 
-def test_token_logprobs_chunked_equals_unchunked_on_a_model(tiny_model):
+def test_token_logprobs_chunked_equals_unchunked_on_a_model(tiny_model, passes):
     model, _ = load(str(tiny_model))
     setup_trainable(model, build_config(num_layers=-1))
     start, (tokens, mask, adv, *_rest) = _batch()
@@ -73,7 +73,10 @@ def test_token_logprobs_chunked_equals_unchunked_on_a_model(tiny_model):
 
         return nn.value_and_grad(model, f)(model)
 
-    (v_full, g_full), (v_chunk, g_chunk) = loss(0), loss(16)
+    v_full, g_full = loss(0)
+    assert passes["chunked"] == 0
+    v_chunk, g_chunk = loss(16)
+    assert passes["chunked"] == 1  # the chunked head ran: not the full one twice
     np.testing.assert_allclose(v_full.item(), v_chunk.item(), rtol=1e-5)
     flat_full, flat_chunk = dict(tree_flatten(g_full)), dict(tree_flatten(g_chunk))
     for k, g in flat_full.items():
@@ -137,9 +140,15 @@ def test_a_chunked_head_in_the_stepper_makes_the_unchunked_update(
     tiny_model, monkeypatch, passes, shared, keys
 ):
     """The tiny vocabulary never reaches CHUNK_ELEMENTS: lower it so the compiled step
-    runs the head in chunks of 32 positions, with and without an adapter on the head."""
+    runs the head in chunks of 32 positions, with and without an adapter on the head.
+    Every pass of the head (counted when traced, for the compiled step) is chunked."""
     from mlx_gft import logprobs
 
+    heads = []
+    head_logprobs = logprobs.head_logprobs
+    monkeypatch.setattr(
+        logprobs, "head_logprobs", lambda *a, **k: heads.append(1) or head_logprobs(*a, **k)
+    )
     start, arrays = _batch(groups=2)
     lora = {"rank": 4, "scale": 10.0, "dropout": 0.0, **({"keys": keys} if keys else {})}
     config = build_config(
@@ -147,10 +156,11 @@ def test_a_chunked_head_in_the_stepper_makes_the_unchunked_update(
     )
     monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 2**62)
     whole, _ = _params_after_update(tiny_model, config, start, arrays, [3, 3])
-    assert passes["chunked"] == 0
+    assert passes["chunked"] == 0 and heads
+    heads.clear()
     monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 1)  # the floor: chunks of 32 positions
     chunked, _ = _params_after_update(tiny_model, config, start, arrays, [3, 3])
-    assert passes["chunked"] > 0 and (passes["shared"] > 0) == shared
+    assert passes["chunked"] == len(heads) > 0 and (passes["shared"] > 0) == shared
     if keys:
         assert max(np.abs(v).max() for k, v in chunked.items() if k.startswith("lm_head")) > 1e-4
     for k in whole:
@@ -256,13 +266,18 @@ def _quiet_batch():
 
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
-@pytest.mark.parametrize("loss,upb", [("gft", 1), ("grpo", 1), ("grpo", 2)])
+@pytest.mark.parametrize(
+    "loss,upb,accumulation",
+    [("gft", 1, 1), ("grpo", 1, 1), ("grpo", 2, 1), ("gft", 1, 2), ("grpo", 2, 2)],
+)
 @pytest.mark.parametrize("shared", [True, False])
 def test_leaving_quiet_rows_out_makes_the_same_update(
-    tiny_model, monkeypatch, agg, loss, upb, shared
+    tiny_model, monkeypatch, passes, agg, loss, upb, accumulation, shared
 ):
     """Rows with A = 0 (or nothing scored) run no forward and no backward, and the
-    weights after the update are those of the update that runs every row."""
+    weights after the update are those of the update that runs every row: with the
+    update in parts too (grad_accumulation_steps; with two updates of two parts, the
+    first part is the quiet group alone and runs nothing)."""
     start, arrays = _quiet_batch()
     assert np.flatnonzero(np.array(arrays[2])).tolist() == [4, 5, 8, 9, 10, 11]  # row 9: masked
     rows_run = []
@@ -279,12 +294,16 @@ def test_leaving_quiet_rows_out_makes_the_same_update(
         config = build_config(
             num_layers=-1, loss=loss, loss_agg=agg, grad_clip=0.0, batch_size=4,
             micro_batch_size=3, shared_prompt=shared, updates_per_batch=upb,
-            skip_zero_advantage=skip,
+            grad_accumulation_steps=accumulation, skip_zero_advantage=skip,
         )  # fmt: skip
         rows_run.clear()
+        passes["shared"] = 0
         kinds = ["expert", "sampled", "sampled", "sampled"] * 3
         results[skip] = _params_after_update(tiny_model, config, start, arrays, [4, 4, 4], kinds)
         assert sum(rows_run) == (5 if skip else 12)  # A != 0 and something scored: 5 rows
+        # Rows of a group that run together share their prompt's pass (the step's
+        # shared_value_and_grad), skipping or not; without it, none does.
+        assert (passes["shared"] > 0) == shared, (skip, passes["shared"])
     (every, m_every), (skipped, m_skipped) = results[False], results[True]
     np.testing.assert_allclose(m_skipped["loss"], m_every["loss"], rtol=1e-5)
     assert m_every["quiet_row_frac"] == 0 and m_skipped["quiet_row_frac"] == pytest.approx(7 / 12)
@@ -298,6 +317,56 @@ def test_leaving_quiet_rows_out_makes_the_same_update(
     for k in every:
         assert_close(every[k], skipped[k], k)
     assert max(np.abs(v).max() for v in every.values()) > 1e-4
+
+
+class _OtherRankHasRows:
+    """Rank 1 of two; rank 0, whose rows have signal, is played by the test's all_sum."""
+
+    def size(self) -> int:
+        return 2
+
+    def rank(self) -> int:
+        return 1
+
+
+def test_a_rank_whose_rows_are_all_quiet_joins_the_update(tiny_model, monkeypatch):
+    """Distributed, a rank whose rows all have A = 0 runs no micro-batch while another
+    rank's rows have a gradient: it still makes every collective the other rank makes
+    (the signal check, the gradient sum, the loss sum), in the same order, so neither
+    waits forever, and applies the summed update. Two ranks are simulated: all_sum adds
+    the other rank's share, ones in every shape."""
+    collectives = []
+
+    def all_sum(x, group=None, stream=None):
+        collectives.append(tuple(x.shape))
+        return x + mx.ones_like(x)
+
+    monkeypatch.setattr(mx.distributed, "all_sum", all_sum)
+    start, (tokens, mask, adv, old, base) = _quiet_batch()
+    config = build_config(num_layers=-1, batch_size=4, grad_clip=0.0)  # GFT, token-mean
+
+    def update(advantages) -> tuple[dict, dict, list]:
+        model, _ = load(str(tiny_model))
+        mx.random.seed(0)
+        setup_trainable(model, config)
+        stepper = Stepper(model, optim.SGD(learning_rate=1.0), config, _OtherRankHasRows())
+        before = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+        collectives.clear()
+        arrays = (tokens, mask, advantages, old, base)
+        metrics = run_updates(stepper, [4, 4, 4], start, arrays, config).metrics
+        after = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+        return {k: before[k] - after[k] for k in before}, metrics, list(collectives)
+
+    moved, metrics, quiet_calls = update(mx.zeros_like(adv))  # every row of this rank quiet
+    _, _, busy_calls = update(adv)  # the same rank with rows to run
+    assert metrics["quiet_row_frac"] == 1.0 and metrics["idle_updates"] == 0
+    assert quiet_calls == busy_calls and len(quiet_calls) >= 3
+    # The update is the other rank's gradient (ones) over both ranks' normaliser: this
+    # rank's scored tokens, and the other's 1.
+    expected = 1.0 / (float(mask.sum()) + 1.0)
+    assert metrics["loss"] == pytest.approx(expected)
+    for k, change in moved.items():
+        np.testing.assert_allclose(change, expected, rtol=1e-5, err_msg=k)
 
 
 def test_a_kl_term_keeps_every_row(tiny_model):
