@@ -44,3 +44,52 @@ def test_readme_is_a_five_minute_read_with_the_verdict_on_its_first_screens():
     assert verdict < 100  # the first two screens
     assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
     assert "## Changes" not in README
+
+
+DOCS = [ROOT / "README.md", ROOT / "examples" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_the_first_commands_time_is_said_alike_everywhere():
+    time_md = (ROOT / "docs" / "time.md").read_text()
+    measured = re.search(r"\(([\d.]+) s measured, docs/time\.md\)", README)[1]
+    assert f"{measured} s for the whole command" in time_md
+    minutes = re.search(r"in about ([\d.]+) minutes \(" + re.escape(measured), README)[1]
+    assert f"{float(measured) / 60:.1f}" == minutes
+    examples = (ROOT / "examples" / "README.md").read_text()
+    quick = examples.split("## quickstart.yaml", 1)[1].split("\n## ", 1)[0]
+    assert f"about {minutes} minutes" in " ".join(quick.split())
+
+
+def test_gfts_time_against_sfts_is_the_time_table():
+    ratio, gft, sft = re.search(
+        r"GFT costs more time: ([\d.]+)x SFT's in the regime \(([\d.]+)\s+against ([\d.]+) minutes",
+        " ".join(README.split()),
+    ).groups()
+    row = next(r for r in _table_rows((ROOT / "docs" / "time.md").read_text())
+               if r.startswith("| GFT |"))  # fmt: skip
+    assert row.endswith(f"| {gft} | {ratio}x |")
+    # The minutes are rounded to 0.1: the ratio lies within what that rounding allows.
+    g, f, r = float(gft), float(sft), float(ratio)
+    assert (g - 0.05) / (f + 0.05) <= r + 0.05 and (g + 0.05) / (f - 0.05) >= r - 0.05
+
+
+def test_pointers_lead_somewhere():
+    headings = {h.strip() for h in re.findall(r"^## (.+)$", README, re.M)}
+    for doc in DOCS:
+        text = doc.read_text()
+        # `pip install "mlx-gft[...]"` needs the package on PyPI; from a checkout: -e ".[x]"
+        assert "mlx-gft[" not in text, doc
+        # A README section named in another page exists.
+        for name in re.findall(r"README(?:'s|,) \"([^\"]+)\"", text):
+            assert name in headings, (doc, name)
+        # README anchors.
+        for anchor in re.findall(r"\]\(#([\w-]+)\)", text):
+            slugs = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+            assert anchor in slugs, (doc, anchor)
+
+
+def test_docs_speak_of_the_project_not_its_work_items():
+    for doc in DOCS:
+        text = " ".join(doc.read_text().split())
+        for phrase in ("the issue", "this session", "the 2.5x goal"):
+            assert phrase not in text, (doc, phrase)
