@@ -1,18 +1,22 @@
 """The group log (`--log-completions`): at every report, a few of the iteration's groups
 as JSON lines in <adapter_path>/completions.jsonl, and one of them on the terminal.
 
-Each record is one group: its prompt, reference answer and tau, and every member
-(expert, teacher answers, samples) with its text, reward (the sum the advantages
-z-score, and each reward's own score), advantage, whether it was cut off and whether it
-trained, and per token its text, log p under the policy the update used, the method's
-coefficient (DCR's for GFT) and its weight in the update's loss
-(`weights.token_weights`): -sum(weight * logp) over every member of the iteration is
-the loss the report line shows. TRL prints a table of completions, rewards and
-advantages (its `log_completions`); the per-token columns are GFT's own.
+Each record is one group: its prompt, reference answer and tau, the optimizer update it
+belonged to, and every member (expert, teacher answers, samples) with its text, reward
+(the sum the advantages z-score, and each reward's own score), advantage, whether it was
+cut off and whether it trained, and per token its text, log p under the policy the
+update used, the method's coefficient (DCR's for GFT) and its weight in that update's
+loss (`weights.token_weights`). For GFT, SFT and DFT, -sum(weight * logp) over the
+members of one update is that update's loss (the report line shows the mean over an
+iteration's updates: with one update per batch and every group logged, the reported
+loss itself). For GRPO the weight is A times the aggregation's, without the PPO ratio
+(1 at the sampling policy) and the KL term; SFT without mask_prompt also trains the
+prompt's tokens, which the log does not list. TRL prints a table of completions,
+rewards and advantages (its `log_completions`); the per-token columns are GFT's own.
 
 A row the update did not run (a quiet group's, with every advantage 0, or a cut-off
-sample under mask_truncated) still shows its log-probs: one forward over the logged
-rows, without gradient, before the update changes the weights. Its weights are 0.
+sample under mask_truncated) still shows its log-probs: a forward over the logged rows,
+without gradient, before the update changes the weights. Its weights are 0.
 """
 
 import json
@@ -22,21 +26,35 @@ import numpy as np
 
 from .config import TrainConfig
 from .groups import pad_batch, response_start
-from .logprobs import token_logprobs
-from .methods import method
+from .methods import method, skips_zero_advantage
 from .models import eval_mode
-from .weights import KIND_NAMES, coefficients
+from .rollout import logprobs_in_parts
+from .weights import KIND_NAMES, coefficients, contributing_rows
 
 
-def logged_rows(batch, config: TrainConfig) -> list[int]:
-    """The member rows of the groups the log shows: the first num_completions_to_print."""
-    groups = range(min(config.num_completions_to_print, len(batch.groups.sizes)))
-    return batch.groups.member_rows(groups)
+def logged_groups(batch, config: TrainConfig) -> range:
+    """The groups the log shows: the first num_completions_to_print."""
+    return range(min(config.num_completions_to_print, len(batch.groups.sizes)))
 
 
-def before_update(model, batch, rows: list[int], config: TrainConfig) -> dict[int, np.ndarray]:
-    """{row: log p of its response tokens} under the current weights, for the logged
-    rows, taken before the update: the log-probs of the rows the update leaves out."""
+def response_columns(member, start: int) -> slice:
+    """The scored columns (target positions from `start`) of a member's response tokens:
+    target t predicts token t + 1, so the response begins at len(prompt) - 1; a row with
+    no prompt (SFT on text) has no prediction for its first token."""
+    first = max(len(member.prompt) - 1, 0) - start
+    return slice(first, first + len(member.response) - (0 if member.prompt else 1))
+
+
+def logged_tokens(member) -> list[int]:
+    """The response tokens the log lists: those the columns above predict."""
+    return member.response if member.prompt else member.response[1:]
+
+
+def before_update(model, batch, config: TrainConfig) -> dict[int, np.ndarray]:
+    """{row: log p of its logged tokens} under the current weights for the logged rows,
+    taken before the update in micro-batches as the update runs them: the log-probs of
+    the rows the update leaves out."""
+    rows = batch.groups.member_rows(logged_groups(batch, config))
     if not rows:
         return {}
     members = [batch.groups.members[r] for r in rows]
@@ -44,31 +62,29 @@ def before_update(model, batch, rows: list[int], config: TrainConfig) -> dict[in
     start = response_start(mask)
     temperature = config.temperature if method(config).tempered else 1.0
     with eval_mode(model):
-        lp, _ = token_logprobs(model, tokens, temperature, start=start)
-    lp = np.array(lp)
-    out = {}
-    for i, (row, m) in enumerate(zip(rows, members, strict=True)):
-        first = len(m.prompt) - 1 - start
-        out[row] = lp[i, first : first + len(m.response)]
-    return out
+        lp = np.array(logprobs_in_parts(model, tokens, start, config, temperature))
+    columns = [response_columns(m, start) for m in members]
+    return {row: lp[i, cols] for i, (row, cols) in enumerate(zip(rows, columns, strict=True))}
 
 
-def token_pieces(tokenizer, tokens: list[int]) -> list[str]:
-    """Each token's text, as its share of the growing decoded string (a word piece keeps
-    its leading space; a token that ends inside a character gives '' and the next one
-    the whole character)."""
-    pieces, before = [], ""
+def token_pieces(tokenizer, tokens: list[int], window: int = 8) -> list[str]:
+    """Each token's text: what it adds to the decoding of the few tokens before it (a
+    word piece keeps its leading space; a token that ends inside a character gives ''
+    and the next one the whole character). Linear in the answer's length."""
+    pieces = []
     for i in range(len(tokens)):
-        text = tokenizer.decode(tokens[: i + 1])
+        lo = max(0, i - window)
+        before = tokenizer.decode(tokens[lo:i]) if i > lo else ""
+        text = tokenizer.decode(tokens[lo : i + 1])
         if text.startswith(before):
             pieces.append(text[len(before) :])
         else:  # decoding is not prefix-stable here: the token on its own
             pieces.append(tokenizer.decode(tokens[i : i + 1]))
-        before = text
     return pieces
 
 
 def _number(x) -> float | None:
+    """A JSON number, or null for what is not finite (a step skipped as non-finite)."""
     x = float(x)
     return x if np.isfinite(x) else None
 
@@ -81,13 +97,17 @@ def group_records(
     members, starts = batch.groups.members, np.cumsum([0, *batch.groups.sizes])
     advantages = np.array(batch.advantages)
     mask = np.array(batch.mask)
+    trains = contributing_rows(mask, advantages, skips_zero_advantage(config))
+    groups = len(batch.groups.sizes)
     records = []
-    for g in range(min(config.num_completions_to_print, len(batch.groups.sizes))):
+    for g in logged_groups(batch, config):
         rows = range(starts[g], starts[g + 1])
         example = members[rows[0]].example
         record = {
             "iteration": iteration,
             "group": g,
+            # Updates split along group boundaries, in order (step.plan_updates).
+            "update": int(np.searchsorted(np.cumsum(_update_sizes(groups, config)), g, "right")),
             "prompt": example.prompt_text,
             "answer": example.answer,
             "tau": config.tau,
@@ -96,9 +116,8 @@ def group_records(
         }
         for row in rows:
             m = members[row]
-            first = len(m.prompt) - 1 - batch.start  # the response's first scored column
-            cols = slice(first, first + len(m.response))
-            trained = bool(advantages[row] != 0 and mask[row].sum() > 0)
+            cols = response_columns(m, batch.start)
+            trained = bool(trains[row])
             if trained and updated.logps is not None:
                 logp = updated.logps[row, cols]
                 coef = updated.coef[row, cols]
@@ -118,14 +137,19 @@ def group_records(
                     "advantage": float(advantages[row]),
                     "truncated": bool(m.truncated),
                     "trained": trained,
-                    "tokens": token_pieces(tokenizer, m.response),
-                    "logp": [float(x) for x in logp],
-                    "coef": [float(x) for x in coef],
-                    "weight": [float(x) for x in weight],
+                    "tokens": token_pieces(tokenizer, logged_tokens(m)),
+                    "logp": [_number(x) for x in logp],
+                    "coef": [_number(x) for x in coef],
+                    "weight": [_number(x) for x in weight],
                 }
             )
         records.append(record)
     return records
+
+
+def _update_sizes(groups: int, config: TrainConfig) -> list[int]:
+    """Groups per optimizer update, as plan_updates splits them."""
+    return [len(part) for part in np.array_split(np.arange(groups), config.updates_per_batch)]
 
 
 def write_records(path: Path, records: list[dict]) -> None:
@@ -149,7 +173,7 @@ def group_table(record: dict) -> str:
     tau = record["tau"]
     for m in record["members"]:
         reward = "-" if m["reward"] is None else f"{m['reward']:.2f}"
-        p = np.exp(np.array(m["logp"])) if m["logp"] else np.zeros(0)
+        p = np.exp(np.array([x for x in m["logp"] if x is not None]))
         rect = f"{(p <= tau).mean():.0%}" if p.size else "-"
         flags = "" if m["trained"] else " (not trained)"
         flags += " (cut off)" if m["truncated"] else ""
@@ -158,12 +182,6 @@ def group_table(record: dict) -> str:
             f"{_first_words(m['text'])!r}{flags}"
         )
     return "\n".join(lines)
-
-
-def log_iteration(model, batch, config: TrainConfig):
-    """Before the update: what the log will need that the update changes (`before_update`
-    on the logged rows). Returns it, for `finish`."""
-    return before_update(model, batch, logged_rows(batch, config), config)
 
 
 def finish(batch, updated, shown, tokenizer, config: TrainConfig, iteration: int, log) -> None:

@@ -38,6 +38,7 @@ class StepStats:
     # Per micro-batch, the log-probs the loss used (rows, T): the group log's and the
     # rectified shares' source.
     logps: list = field(default_factory=list, repr=False)
+    divisor: float = 0.0  # the loss's normaliser over every rank's rows (0: idle)
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,11 @@ RULES = {
     # Seconds per phase; the others wait for the slowest rank. Validation, the probe and
     # checkpoints run on rank 0 after the ranks' metrics are combined.
     **{f"{phase}_time": Rule(MAX, SUM) for phase in ("sample", "reward", "update")},
-    **{f"{phase}_time": Rule(MAX, SUM) for phase in ("val", "probe", "save")},
+    **{f"{phase}_time": Rule(MAX, SUM) for phase in ("val", "probe", "save", "log")},
 }
-# The phases of an iteration in the order they run, as the report line shows them.
-PHASES = ("sample", "reward", "update", "val", "probe", "save")
+# The phases of an iteration in the order they run, as the report line shows them (log:
+# the group log's forward and writing, with --log-completions).
+PHASES = ("sample", "reward", "update", "val", "probe", "save", "log")
 TRAINING = ("sample", "reward", "update")  # It/sec counts these, as mlx_lm counts its steps
 
 

@@ -227,7 +227,8 @@ def dashboard(runs: dict[str, Series], colors: dict[str, str], metrics: Sequence
 
 def read_groups(run: Path) -> list[dict]:
     """The records of a run's completions.jsonl ([] without one); a cut-off last line
-    (a run killed mid-write) is left out."""
+    (a run killed mid-write) is left out, and a group logged again by a resumed run
+    (its iterations after the last checkpoint run twice) is shown once, as logged last."""
     path = Path(run) / "completions.jsonl"
     if not path.is_file():
         return []
@@ -240,7 +241,13 @@ def read_groups(run: Path) -> list[dict]:
             if i == len(lines) - 1:
                 break
             raise ValueError(f"{path}:{i + 1}: malformed JSON ({e.msg})") from None
-    return records
+    latest = {(r["iteration"], r["group"]): r for r in records}
+    return sorted(latest.values(), key=lambda r: (r["iteration"], r["group"]))
+
+
+def _finite(x) -> float:
+    """A logged number, NaN for null (a step skipped as non-finite logs nulls)."""
+    return math.nan if x is None else float(x)
 
 
 def _token_spans(member: dict, tau: float, scale: float) -> str:
@@ -249,20 +256,19 @@ def _token_spans(member: dict, tau: float, scale: float) -> str:
     for piece, logp, coef, w in zip(
         member["tokens"], member["logp"], member["coef"], member["weight"], strict=True
     ):
-        p = math.exp(logp)
-        cls = ["t", "u" if w > 0 else "d" if w < 0 else ""]
+        p, coef, w = math.exp(_finite(logp)), _finite(coef), _finite(w)
+        cls = ["t"]
+        if w > 0 or w < 0:
+            cls.append("u" if w > 0 else "d")
         if p <= tau:
             cls.append("r")
-        shade = min(abs(w) / scale, 1.0) if scale else 0.0
+        shade = min(abs(w) / scale, 1.0) if scale and math.isfinite(w) else 0.0
         tip = (
             f"p {p:.3g}; coefficient {coef:.3g}; weight {w:+.3g}; SFT's 1/p {1 / max(p, 1e-30):.3g}"
         )
+        style = f' style="--w:{0.08 + 0.8 * shade:.2f}"' if shade else ""
         out.append(
-            f'<span class="{" ".join(c for c in cls if c)}" style="--w:{0.08 + 0.8 * shade:.2f}" '
-            f'title="{tip}">{html.escape(piece)}</span>'
-            if w
-            else f'<span class="{" ".join(c for c in cls if c)}" title="{tip}">'
-            f"{html.escape(piece)}</span>"
+            f'<span class="{" ".join(cls)}"{style} title="{tip}">{html.escape(piece)}</span>'
         )
     return "".join(out)
 
@@ -270,10 +276,10 @@ def _token_spans(member: dict, tau: float, scale: float) -> str:
 def _sft_spans(member: dict) -> str:
     """The expert's tokens as SFT's loss weighs them on the gradient of p: 1/p, shaded by
     log(1/p) against the answer's largest (its unlikely tokens get by far the most)."""
-    inv = [-lp for lp in member["logp"]]  # log(1/p)
-    top = max(inv, default=0.0) or 1.0
+    inv = [-_finite(lp) for lp in member["logp"]]  # log(1/p)
+    top = max((v for v in inv if math.isfinite(v)), default=0.0) or 1.0
     return "".join(
-        f'<span class="t s" style="--w:{0.05 + 0.85 * v / top:.2f}" '
+        f'<span class="t s" style="--w:{0.05 + 0.85 * (v / top if math.isfinite(v) else 0):.2f}" '
         f'title="1/p {math.exp(v):.3g}">{html.escape(piece)}</span>'
         for piece, v in zip(member["tokens"], inv, strict=True)
     )
@@ -283,16 +289,16 @@ def group_view(record: dict, run: str, opened: bool = False) -> str:
     """One logged group: prompt, answer, then each member with its tokens."""
     e = html.escape
     members = record["members"]
-    scale = max((abs(w) for m in members for w in m["weight"]), default=0.0)
+    scale = max((abs(w) for m in members for w in m["weight"] if w is not None), default=0.0)
     rewards = ", ".join(f"{m['reward']:.2f}" if m["reward"] is not None else "-" for m in members)
     prompt = " ".join((record.get("prompt") or "").split())
     head = (
-        f"{e(run)} · iteration {record['iteration']} · group {record['group']} · rewards "
+        f"{e(run)} · iteration {int(record['iteration'])} · group {int(record['group'])} · rewards "
         f"{rewards} · {e(prompt[:90])}{'...' if len(prompt) > 90 else ''}"
     )
     rows = []
     for m in members:
-        rect = sum(math.exp(lp) <= record["tau"] for lp in m["logp"])
+        rect = sum(math.exp(_finite(lp)) <= record["tau"] for lp in m["logp"])
         status = "trained" if m["trained"] else "not trained (A = 0 or masked)"
         cut = "<br>cut off at the limit" if m["truncated"] else ""
         extra = "".join(

@@ -260,18 +260,22 @@ def reference_logprobs(model, tokens: mx.array, start: int, config: TrainConfig,
         if config.updates_per_batch > 1:
             # The ratio's denominator: the policy that sampled, before this batch's updates
             # (with one update per batch the loss takes it from the current forward).
-            old_lp = _logprobs_in_parts(model, tokens, start, config)
+            old_lp = logprobs_in_parts(model, tokens, start, config, config.temperature)
         if config.kl_coef:
             with adapters_disabled(model):
-                base_lp = _logprobs_in_parts(model, tokens, start, config)
+                base_lp = logprobs_in_parts(model, tokens, start, config, config.temperature)
     return old_lp, base_lp
 
 
-def _logprobs_in_parts(model, tokens: mx.array, start: int, config: TrainConfig) -> mx.array:
+def logprobs_in_parts(
+    model, tokens: mx.array, start: int, config: TrainConfig, temperature: float = 1.0
+) -> mx.array:
+    """token_logprobs without gradient, `micro_batch_rows` rows at a time as the update
+    runs them (so its peak memory is one micro-batch's too)."""
     rows = micro_batch_rows(config, tokens.shape[1])
     parts = []
     for i in range(0, tokens.shape[0], rows):
-        lp = token_logprobs(model, tokens[i : i + rows], config.temperature, start=start)[0]
+        lp = token_logprobs(model, tokens[i : i + rows], temperature, start=start)[0]
         mx.eval(lp)  # before the next part is built
         parts.append(lp)
     return mx.stop_gradient(mx.concatenate(parts))

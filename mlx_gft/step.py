@@ -30,7 +30,7 @@ from .logprobs import (
 from .methods import method, skips_zero_advantage
 from .metrics import StepStats, iteration_metrics
 from .models import checkpoint_layers
-from .weights import coefficients, mechanism_metrics, token_weights, weighted_rows
+from .weights import coefficients, contributing_rows, mechanism_metrics, token_weights
 
 
 class TrainingStopped(RuntimeError):
@@ -144,10 +144,9 @@ def rows_to_run(config: TrainConfig, mask: mx.array, advantages: mx.array) -> np
     (`methods.skips_zero_advantage`), a row with A = 0, or with no scored token,
     contributes exactly nothing: it gets no forward and no backward. Every row still
     counts in the loss's normaliser (`normaliser`), so the update is the same."""
-    rows = mask.shape[0]
     if not (config.skip_zero_advantage and skips_zero_advantage(config)):
-        return np.ones(rows, dtype=bool)
-    return (np.array(advantages) != 0) & (np.array(mask.sum(axis=1)) > 0)
+        return np.ones(mask.shape[0], dtype=bool)
+    return contributing_rows(np.array(mask), np.array(advantages))
 
 
 def normaliser(config: TrainConfig, mask: mx.array) -> mx.array:
@@ -280,6 +279,7 @@ class Stepper:
         mx.eval(loss, norm, grads)
         n_tok, n_stat, ent = stats.tolist()
         out = StepStats(loss.item(), norm.item(), norm.item(), n_tok, n_stat, ent, logps=logps)
+        out.divisor = float(denominator.item())  # every rank's rows: the weights' scale
         if not (math.isfinite(out.loss) and math.isfinite(out.grad_norm)):
             self.skipped += 1
             out.skipped = 1
@@ -342,29 +342,40 @@ def run_updates(
         for rows, lp in zip(plan.micro_batches, stats.logps, strict=False):
             logps[rows, : lp.shape[1]] = np.array(lp)
         updates.append(stats)
-    out = Updated({**iteration_metrics(updates), "train_tokens": 0})
+    out = Updated({**iteration_metrics(updates), "train_tokens": 0})  # (no rows: none)
     if arrays is not None:
-        _add_row_metrics(out, plans, arrays, logps, config, kinds)
+        _add_row_metrics(out, plans, updates, arrays, logps, config, kinds)
     if run.size:
         out.metrics["quiet_row_frac"] = float(1.0 - run.mean())
     return out
 
 
 def _add_row_metrics(
-    out: Updated, plans: list[UpdatePlan], arrays: tuple, logps: np.ndarray, config, kinds
+    out: Updated,
+    plans: list[UpdatePlan],
+    updates: list[StepStats],
+    arrays: tuple,
+    logps: np.ndarray,
+    config,
+    kinds,
 ) -> None:
     """Trained tokens, the rectified share, each token's coefficient and weight and, for
-    sampled methods, GFT's mechanism metrics, over every row of each update."""
+    sampled methods, GFT's mechanism metrics, over every row of each update (those left
+    out as quiet included). Distributed, the mechanism metrics are this rank's rows' (the
+    report averages the ranks'), and the weights are scaled to the whole update's
+    normaliser, every rank's rows, as the loss scales them."""
     mask, adv = np.array(arrays[1]), np.array(arrays[2])
-    used = weighted_rows(mask, adv)[:, None] * mask  # ran, unless skipping was off
-    ran = np.nan_to_num(logps, nan=0.0)
+    used = contributing_rows(mask, adv, skips_zero_advantage(config))[:, None] * mask
+    ran = np.nan_to_num(logps, nan=0.0, posinf=0.0)  # rows that did not run: masked below
     coef = np.where(used > 0, coefficients(ran, config.loss, config.tau), 0.0)
     rect = (np.exp(ran) <= config.tau) * (used > 0)
     weights = np.zeros(mask.shape)
     norm = config.max_completion_length
     per_update = []
-    for plan in (p for p in plans if p.rows):
+    for plan, stats in zip(plans, updates, strict=True):
         rows = plan.rows
+        if not rows:
+            continue
         weights[rows] = token_weights(coef[rows], mask[rows], adv[rows], config.loss_agg, norm)
         if kinds is not None and method(config).samples:
             per_update.append(
@@ -373,8 +384,11 @@ def _add_row_metrics(
                     config.loss_agg, norm,
                 )
             )  # fmt: skip
+        local = float(normaliser(config, arrays[1][mx.array(rows)]).item())
+        if stats.divisor and stats.divisor != local:  # other ranks' rows count too
+            weights[rows] *= local / stats.divisor
     metrics = out.metrics
-    metrics["train_tokens"] = int(sum(mask[p.rows].sum() for p in plans))
+    metrics["train_tokens"] = int(mask[[r for p in plans for r in p.rows]].sum())
     if used.sum():
         metrics["rectified_frac"] = float(rect.sum() / used.sum())
     for key in {k for m in per_update for k in m}:

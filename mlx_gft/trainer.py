@@ -121,7 +121,7 @@ def train_stage(
             probe = make_probe(model, tokenizer, valid_set or train_set, config)
     stepper = Stepper(model, optimizer, config, ranks, log)
     report = Reporter(config, log, enabled=lead, training_callback=training_callback)
-    reports, window = [], []
+    reports, window, kl = [], [], {}  # kl: the last probe's, until a report takes it
     # Running counts a resumed run carries on from its checkpoint (`Counters`).
     counts = Counters.of(checkpoint)
     stepper.skipped = counts.skipped_in_a_row
@@ -199,18 +199,22 @@ def train_stage(
                 if not batch.empty:  # (empty: every answer of the batch was left out)
                     batch = with_arrays(model, tokenizer, batch, config)
                     arrays = batch.arrays()
+                update_seconds = time.perf_counter() - tic
                 done = it + 1
-                logging = (
+                log_groups = (
                     config.log_completions and lead and arrays is not None
                     and (done % config.steps_per_report == 0 or done == total_iters)
                 )  # fmt: skip
-                shown = group_log.log_iteration(model, batch, config) if logging else None
+                if log_groups:  # the rows the update leaves out, before it changes them
+                    with clock("log_time"):
+                        shown = group_log.before_update(model, batch, config)
+                tic = time.perf_counter()
                 updated = run_updates(
                     stepper, batch.groups.sizes, batch.start, arrays, config, batch.kinds
                 )
                 row.update(updated.metrics)
                 _clear_cache(config.clear_cache_threshold)
-                row["update_time"] = time.perf_counter() - tic
+                row["update_time"] = update_seconds + time.perf_counter() - tic
                 row["groups"] = len(batch.groups.sizes)
                 row["stop"] = float(bool(stop))
                 row = distributed.reduce_metrics(row, RULES, ranks)
@@ -221,8 +225,9 @@ def train_stage(
                     stop.append("SIGTERM")
                 row["learning_rate"] = float(optimizer.learning_rate.item())
                 counts.trained_tokens += row["train_tokens"]
-                if logging:
-                    group_log.finish(batch, updated, shown, tokenizer, config, done, log)
+                if log_groups:
+                    with clock("log_time"):
+                        group_log.finish(batch, updated, shown, tokenizer, config, done, log)
                 if not has_teachers and "missing_teachers" in row:
                     row["missing_teachers"] = 0.0
                 if row.get("missing_teachers") and not counts.noticed_missing:
@@ -266,8 +271,8 @@ def train_stage(
                     saved = done
                 # The probe is a forward over probe_size long rows: at every report of
                 # a steps_per_report=1 run it cost ~15% of the iteration, so it runs at
-                # the validation cadence and the reports between carry no KL.
-                kl = {}
+                # the validation cadence and goes to the next report (the others carry
+                # no KL).
                 if probe and (done % config.steps_per_eval == 0 or last or stopping):
                     with clock("probe_time"):
                         kl = probe_kl(model, probe)
@@ -277,6 +282,7 @@ def train_stage(
                 if report_due:
                     summary = summarise(window, done)
                     summary.update(kl)
+                    kl = {}
                     summary.update(
                         trained_tokens=counts.trained_tokens,
                         peak_memory_gb=mx.get_peak_memory() / 1e9,

@@ -52,10 +52,15 @@ def token_weights(
     return adv * np.asarray(coef, dtype=np.float64) * aggregation_weights(mask, agg, norm)
 
 
-def weighted_rows(mask: np.ndarray, advantages: np.ndarray) -> np.ndarray:
-    """The rows that contribute to the update: a non-zero advantage and a scored token.
-    Skipping quiet rows leaves exactly these out of nothing: reports count on them."""
-    return (np.asarray(advantages) != 0) & (np.asarray(mask).sum(axis=1) > 0)
+def contributing_rows(
+    mask: np.ndarray, advantages: np.ndarray, advantage_weighted: bool = True
+) -> np.ndarray:
+    """The rows that contribute to an update: a scored token and, where every term of
+    the loss is a multiple of the row's advantage (`methods.skips_zero_advantage`), a
+    non-zero advantage. The update may leave the others out (`step.rows_to_run`); the
+    reports count on these, so leaving them out changes nothing reported."""
+    scored = np.asarray(mask).sum(axis=1) > 0
+    return scored & (np.asarray(advantages) != 0) if advantage_weighted else scored
 
 
 def mechanism_metrics(
@@ -69,7 +74,7 @@ def mechanism_metrics(
 ) -> dict:
     """One update's view of what GFT does differently, from its rows (all of them, the
     quiet ones too, in order), each token's weight (`token_weights`) and whether its
-    p <= tau (read only where the row contributes, `weighted_rows`):
+    p <= tau (read only where the row contributes, `contributing_rows`):
 
     rectified_<kind>: the share of the contributing tokens of that kind with p <= tau
     (weighted like DFT: an unlikely expert token gets weight p, not SFT's 1/p);
@@ -83,7 +88,7 @@ def mechanism_metrics(
     kinds = np.asarray(kinds)
     adv = np.asarray(advantages, dtype=np.float64)
     mask = np.asarray(mask, dtype=np.float64)
-    used = weighted_rows(mask, adv)[:, None] * mask
+    used = contributing_rows(mask, adv)[:, None] * mask
     out = {}
     for kind in ("expert", "teacher", "sampled"):
         rows = kinds == kind

@@ -102,3 +102,16 @@ def test_ticks_are_round_and_cover_the_range():
     assert nice_ticks(1, 20, integer=True) == [0, 5, 10, 15, 20]
     assert nice_ticks(1, 2, integer=True) == [1, 2]
     assert nice_ticks(3.0, 3.0) == [3.0, 3.25, 3.5, 3.75, 4.0]  # one point: still an axis
+
+
+def test_a_group_of_a_skipped_step_renders_its_nulls():
+    """A step skipped as non-finite logs null log-probs and weights: drawn, not a crash."""
+    from mlx_gft.report import group_view
+
+    member = {"kind": "sample", "text": "x y", "reward": None, "rewards": {}, "advantage": 0.5,
+              "truncated": False, "trained": True, "tokens": ["x", " y"],
+              "logp": [None, -0.5], "coef": [None, 1.0], "weight": [None, 0.25]}  # fmt: skip
+    record = {"iteration": 3, "group": 0, "prompt": "p", "answer": "1", "tau": 0.5,
+              "members": [member]}  # fmt: skip
+    page = group_view(record, "run")
+    assert page.count('class="t') == 2 and "weight +0.25" in page and "weight +nan" in page

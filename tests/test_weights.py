@@ -10,9 +10,9 @@ from mlx_gft.losses import AGGREGATIONS, aggregate, gft_loss
 from mlx_gft.weights import (
     aggregation_weights,
     coefficients,
+    contributing_rows,
     mechanism_metrics,
     token_weights,
-    weighted_rows,
 )
 
 RNG = np.random.default_rng(0)
@@ -100,4 +100,6 @@ def test_quiet_groups_count_in_the_means_but_not_in_the_shares():
     assert m["adv_expert"] == pytest.approx(0.5) and m["adv_sampled"] == pytest.approx(-0.5)
     # SFT on the two experts alone: weight 1/6 per token, 1 in all; GFT: 3 tokens x 1/12.
     assert m["expert_pull"] == pytest.approx(3 / 12)
-    assert weighted_rows(mask, adv).tolist() == [True, True, False, False]
+    assert contributing_rows(mask, adv).tolist() == [True, True, False, False]
+    # A loss with a term at A = 0 (GRPO's KL): every scored row contributes.
+    assert contributing_rows(mask, adv, advantage_weighted=False).tolist() == [True] * 4
