@@ -114,4 +114,4 @@ def test_a_group_of_a_skipped_step_renders_its_nulls():
     record = {"iteration": 3, "group": 0, "prompt": "p", "answer": "1", "tau": 0.5,
               "members": [member]}  # fmt: skip
     page = group_view(record, "run")
-    assert page.count('class="t') == 2 and "weight +0.25" in page and "weight +nan" in page
+    assert page.count('<span class="t') == 2 and "weight +0.25" in page and "weight +nan" in page
