@@ -25,6 +25,7 @@ taking the machine down; a failure is a result, recorded as such.
     python benchmarks/paper_setting.py --layers 2 --variants sample,update,mlx_lm-sft
     python benchmarks/paper_setting.py --layers 2,4,6 --variants update --micro 1,4
     python benchmarks/paper_setting.py --layers 2 --variants iteration
+    python benchmarks/paper_setting.py --layers 2,4 --variants update --grad-checkpoint
 """
 
 import argparse
@@ -123,7 +124,8 @@ def update(model, args, prompt, answers, micro: int) -> dict:
 
     config = build_config(num_layers=-1, batch_size=1, micro_batch_size=micro,
                           max_completion_length=args.answer_len,
-                          max_seq_length=args.prompt_len + args.answer_len + 1)  # fmt: skip
+                          max_seq_length=args.prompt_len + args.answer_len + 1,
+                          grad_checkpoint=args.grad_checkpoint)  # fmt: skip
     tokens, mask = pad_batch([(prompt, a) for a in answers])
     start = response_start(mask)
     mask = mask[:, start:]
@@ -132,7 +134,12 @@ def update(model, args, prompt, answers, micro: int) -> dict:
     stepper = Stepper(model, optim.AdamW(learning_rate=1e-6), config, log=lambda _: None)
     tic = time.perf_counter()
     run_updates(stepper, [len(answers)], start, (tokens, mask, adv, zeros, zeros), config)
-    return {"update_seconds": time.perf_counter() - tic, "rows": len(answers), "micro": micro}
+    return {
+        "update_seconds": time.perf_counter() - tic,
+        "rows": len(answers),
+        "micro": micro,
+        "grad_checkpoint": args.grad_checkpoint,
+    }
 
 
 def child(args) -> dict:
@@ -204,6 +211,9 @@ def main():
     ap.add_argument("--answer-len", type=int, default=2048)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--limit-gb", type=float, default=19.0, help="address space per run, 0: none")
+    ap.add_argument(
+        "--grad-checkpoint", action="store_true", help="the update recomputes layer activations"
+    )
     ap.add_argument("--json", help="append every result to this file")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--micro-one", type=int, default=1, help=argparse.SUPPRESS)
@@ -213,7 +223,7 @@ def main():
         print(json.dumps(child(args)))
         return
     common = ["--prompt-len", str(args.prompt_len), "--answer-len", str(args.answer_len),
-              "--dtype", args.dtype]  # fmt: skip
+              "--dtype", args.dtype] + (["--grad-checkpoint"] if args.grad_checkpoint else [])  # fmt: skip
     results = []
     for layers in args.layers.split(","):
         for variant in args.variants.split(","):
