@@ -223,7 +223,8 @@ def main():
         print(json.dumps(child(args)))
         return
     common = ["--prompt-len", str(args.prompt_len), "--answer-len", str(args.answer_len),
-              "--dtype", args.dtype] + (["--grad-checkpoint"] if args.grad_checkpoint else [])  # fmt: skip
+              "--dtype", args.dtype]  # fmt: skip
+    common += ["--grad-checkpoint"] if args.grad_checkpoint else []
     results = []
     for layers in args.layers.split(","):
         for variant in args.variants.split(","):
