@@ -127,8 +127,9 @@ class TrainConfig:
     max_seq_length: int = opt(2048, "longest prompt + response in tokens")
     long_prompts: str = opt(
         "error",
-        "prompts of max_seq_length tokens or more: error, skip the row, or truncate (keep the "
-        "prompt's last max_seq_length / 2 tokens)",
+        "rows whose prompt reaches max_seq_length tokens, or whose prompt + answer pass it: "
+        "error, skip the row, or truncate (the prompt to its last max_seq_length / 2 "
+        "tokens, the answer to the room left)",
     )
     grad_checkpoint: bool = opt(False, "recompute activations to save memory")
     clear_cache_threshold: int = opt(
