@@ -365,14 +365,20 @@ def pick_groups(records: list[dict], limit: int) -> list[dict]:
 
 
 def build_report(
-    runs: dict[str, Path], metrics: Sequence[str] = PANELS, max_groups: int = 40
+    runs: dict[str, Path],
+    metrics: Sequence[str] = PANELS,
+    max_groups: int = 40,
+    iterations: Sequence[int] | None = None,
 ) -> str:
-    """The HTML page for these runs ({name: run folder}), as a string."""
+    """The HTML page for these runs ({name: run folder}), as a string; `iterations`: the
+    browser shows only those iterations' groups."""
     series = {name: read_metrics(folder) for name, folder in runs.items()}
     wanted = [m for m in metrics if m != "none"]
     check_metrics(wanted, series)
     colors = {name: run_color(i) for i, name in enumerate(series)}
     groups = {name: read_groups(folder) for name, folder in runs.items()}
+    if iterations:
+        groups = {n: [r for r in g if r["iteration"] in iterations] for n, g in groups.items()}
     rows = "".join(
         f"<tr><td><i class='swatch' style='background:{colors[n]}'></i>{html.escape(n)}</td>"
         f"<td>{html.escape(str(runs[n]))}</td><td>{len(groups[n])}</td></tr>"
@@ -420,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"dashboard panels, comma-separated (default: {','.join(PANELS)})",
     )
     parser.add_argument(
+        "--iterations",
+        help="comma-separated: show only these iterations' groups (unset: spread over the run)",
+    )
+    parser.add_argument(
         "--max-groups",
         type=int,
         default=40,
@@ -431,8 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     names = run_names(args.runs)
+    shown = [int(i) for i in args.iterations.split(",")] if args.iterations else None
     try:
-        page = build_report(names, [m for m in args.metrics.split(",") if m], args.max_groups)
+        metrics = [m for m in args.metrics.split(",") if m]
+        page = build_report(names, metrics, args.max_groups, shown)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     Path(args.output).write_text(page, encoding="utf-8")

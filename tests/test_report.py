@@ -91,6 +91,8 @@ def test_text_is_escaped_and_runs_overlay(logged_run, tmp_path):
     assert page.count('stroke="#1f77b4"') > 0 and page.count('stroke="#ff7f0e"') > 0
     assert "No run here logged" not in page
     assert "No run here logged" in build_report({"sft": other})
+    only = build_report({"gft": logged_run}, iterations=[2])
+    assert "iteration 2 · group" in only and "iteration 1 · group" not in only
     with pytest.raises(ValueError, match="unknown metric 'val_entrpy'"):
         build_report({"sft": other}, metrics=["val_entrpy"])
 
