@@ -20,12 +20,21 @@ taking the machine down; a failure is a result, recorded as such.
               process: what a training iteration holds (a cache kept after sampling
               would show here)
   mlx_lm-sft  mlx_lm.lora's SFT step (its default_loss, compiled as mlx_lm compiles
-              it) on 4 of the rows (prompt-masked), batch 4
+              it) on --sft-rows of the rows (prompt-masked; default 4, mlx_lm's batch
+              size), all at once as mlx_lm runs a batch
 
     python benchmarks/paper_setting.py --layers 2 --variants sample,update,mlx_lm-sft
     python benchmarks/paper_setting.py --layers 2,4,6 --variants update --micro 1,4
     python benchmarks/paper_setting.py --layers 2 --variants iteration
     python benchmarks/paper_setting.py --layers 2,4 --variants update --grad-checkpoint
+    python benchmarks/paper_setting.py --estimate results.jsonl   # the 28-layer model
+
+--estimate fits peak = fixed + per_layer x layers through the measured layer counts
+(weights alike, from each run's weights_gb) and prints the whole model's estimate in
+float32, bfloat16 (weights and per-layer activations halved; the fixed activations, the
+LM head's float32 chunks, kept) and 4-bit (weights x 4.5/32: 4 bits plus a scale and
+bias per 64; activations as bfloat16), against 75% of a Mac's memory, about what macOS
+lets the GPU use by default (its recommended working set).
 """
 
 import argparse
@@ -34,6 +43,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 SHAPE = dict(  # config.json of Qwen/Qwen2.5-Math-1.5B
@@ -96,8 +106,9 @@ def sample(model, args, prompt) -> dict:
     steps = timed.calls[-(args.answer_len - 1) :]
     rates = {}
     for pos in POSITIONS:
-        if pos <= len(steps):
-            window = steps[max(pos - 32, 0) : pos]
+        if pos <= args.answer_len:  # the answer's last token comes from decode step pos - 1
+            end = min(pos, len(steps))
+            window = steps[max(end - 32, 0) : end]
             dt = (window[-1] - window[0]) / max(len(window) - 1, 1)
             rates[f"tok_per_sec_at_{pos}"] = 4 / dt if dt else None
     kv = 2 * SHAPE["num_key_value_heads"] * (SHAPE["hidden_size"] // SHAPE["num_attention_heads"])
@@ -159,7 +170,8 @@ def child(args) -> dict:
     vocab = SHAPE["vocab_size"]
     prompt = [int(t) for t in rng.integers(3, vocab, args.prompt_len)]
     offpolicy = [[int(t) for t in rng.integers(3, vocab, args.answer_len)] for _ in range(4)]
-    out = {"variant": args.variant, "layers": args.layers, "dtype": args.dtype}
+    out = {"variant": args.variant, "layers": args.layers, "dtype": args.dtype,
+           "prompt_len": args.prompt_len, "answer_len": args.answer_len}  # fmt: skip
     mx.reset_peak_memory()
     if args.variant in ("sample", "iteration"):
         found, samples = sample(model, args, prompt)
@@ -176,10 +188,10 @@ def child(args) -> dict:
         sys.path.insert(0, str(Path(__file__).parent))
         from train import mlx_lm_sft_step  # benchmarks/train.py
 
-        run = mlx_lm_sft_step(model, [(prompt, a) for a in offpolicy])
+        run = mlx_lm_sft_step(model, [(prompt, a) for a in offpolicy[: args.sft_rows]])
         tic = time.perf_counter()
         run()
-        out.update(sft_seconds=time.perf_counter() - tic, rows=4)
+        out.update(sft_seconds=time.perf_counter() - tic, rows=args.sft_rows)
         out["sft_peak_gb"] = mx.get_peak_memory() / 1e9
     out["weights_gb"] = weights / 1e9
     out["max_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
@@ -202,6 +214,91 @@ def run_child(argv: list[str], limit_gb: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@dataclass
+class Line:
+    """y = fixed + per_layer x layers, least squares through the measured layer counts."""
+
+    fixed: float
+    per_layer: float
+
+    def at(self, layers: float) -> float:
+        return self.fixed + self.per_layer * layers
+
+
+def fit_line(points: dict[int, float]) -> Line:
+    xs, ys = list(points), list(points.values())
+    if len(set(xs)) < 2:
+        raise ValueError(f"a per-layer fit needs two layer counts or more, got {xs}")
+    mx_, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx_) * (y - my) for x, y in zip(xs, ys, strict=True))
+    slope /= sum((x - mx_) ** 2 for x in xs)
+    return Line(my - slope * mx_, slope)
+
+
+PEAKS = {"iteration": ("sample_peak_gb", "update_peak_gb"), "update": ("update_peak_gb",),
+         "mlx_lm-sft": ("sft_peak_gb",), "sample": ("sample_peak_gb",)}  # fmt: skip
+MAC_GB = (16, 24, 32, 64)
+USABLE = 0.75  # of a Mac's memory
+LAYERS = SHAPE["num_hidden_layers"]
+
+
+def estimate(rows: list[dict], layers: int = LAYERS) -> list[dict]:
+    """Per variant (and micro-batch size, gradient checkpointing), the float32 fit
+    through the measured layer counts and the whole model's peak in float32, bfloat16
+    and 4-bit. Runs that failed are left out of the fit (and listed by the caller)."""
+    groups: dict[tuple, dict[int, dict]] = {}
+    for r in rows:
+        if "failed" in r or r["variant"] not in PEAKS:
+            continue
+        # One fit per setting: rows and lengths are not mixed (older records lack them).
+        key = (r["variant"], r.get("micro", 1), bool(r.get("grad_checkpoint")),
+               r.get("rows"), r.get("prompt_len"), r.get("answer_len"))  # fmt: skip
+        groups.setdefault(key, {})[r["layers"]] = r
+    out = []
+    for (variant, micro, ckpt, rows_, *_), by_layers in sorted(groups.items(), key=str):
+        if len(by_layers) < 2:
+            continue
+        peak = fit_line({n: max(r[k] for k in PEAKS[variant]) for n, r in by_layers.items()})
+        weights = fit_line({n: r["weights_gb"] for n, r in by_layers.items()})
+        # What is not weights: fixed (the head's chunks, log-probabilities, the prompt)
+        # and per layer (activations kept for the backward pass, KV cache).
+        act = Line(peak.fixed - weights.fixed, peak.per_layer - weights.per_layer)
+        f32 = peak.at(layers)
+        bf16 = weights.at(layers) / 2 + act.fixed + act.per_layer * layers / 2
+        q4 = weights.at(layers) * 4.5 / 32 + act.fixed + act.per_layer * layers / 2
+        out.append({
+            "variant": variant, "micro": micro, "grad_checkpoint": ckpt, "rows": rows_,
+            "measured_layers": sorted(by_layers), "fixed_gb": peak.fixed,
+            "per_layer_gb": peak.per_layer, "weights_per_layer_gb": weights.per_layer,
+            "float32_gb": f32, "bfloat16_gb": bf16, "4bit_gb": q4,
+            "bfloat16_fits": [g for g in MAC_GB if bf16 <= USABLE * g],
+            "4bit_fits": [g for g in MAC_GB if q4 <= USABLE * g],
+        })  # fmt: skip
+    return out
+
+
+def print_estimate(path: str) -> None:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for r in rows:
+        if "failed" in r:
+            print(f"failed: {r['variant']}, {r['layers']} layers, micro {r.get('micro')}: "
+                  f"{r['failed']}")  # fmt: skip
+    head = (f"{LAYERS} layers, estimated", "measured at", "float32 fit, GB", "float32",
+            "bfloat16", "4-bit", "Macs (GB) it fits, bfloat16", "4-bit")  # fmt: skip
+    print("| " + " | ".join(head) + " |\n" + "|---" * len(head) + "|")
+    for e in estimate(rows):
+        if e["variant"] == "mlx_lm-sft":
+            name = f"mlx_lm-sft, batch {e['rows']}"
+        else:
+            name = f"{e['variant']}, micro {e['micro']}"
+            name += ", --grad-checkpoint" if e["grad_checkpoint"] else ""
+        fits = [", ".join(map(str, e[k])) or "none" for k in ("bfloat16_fits", "4bit_fits")]
+        layers = ", ".join(map(str, e["measured_layers"]))
+        print(f"| {name} | {layers} | {e['fixed_gb']:.2f} + {e['per_layer_gb']:.3f} L | "
+              f"{e['float32_gb']:.1f} GB | {e['bfloat16_gb']:.1f} GB | {e['4bit_gb']:.1f} GB "
+              f"| {fits[0]} | {fits[1]} |")  # fmt: skip
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", default="2", help="comma-separated layer counts")
@@ -209,21 +306,28 @@ def main():
     ap.add_argument("--micro", default="1", help="update: rows per micro-batch, comma-separated")
     ap.add_argument("--prompt-len", type=int, default=1024)
     ap.add_argument("--answer-len", type=int, default=2048)
+    ap.add_argument("--sft-rows", type=int, default=4, choices=range(1, 5),
+                    metavar="1-4", help="mlx_lm-sft: rows in its batch")  # fmt: skip
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--limit-gb", type=float, default=19.0, help="address space per run, 0: none")
     ap.add_argument(
         "--grad-checkpoint", action="store_true", help="the update recomputes layer activations"
     )
     ap.add_argument("--json", help="append every result to this file")
+    ap.add_argument("--estimate", metavar="JSONL", help="fit the per-layer model to these "
+                    "results and print the whole model's estimate (no measuring)")  # fmt: skip
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--micro-one", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.estimate:
+        print_estimate(args.estimate)
+        return
     if args.variant:
         args.layers = int(args.layers)
         print(json.dumps(child(args)))
         return
     common = ["--prompt-len", str(args.prompt_len), "--answer-len", str(args.answer_len),
-              "--dtype", args.dtype]  # fmt: skip
+              "--dtype", args.dtype, "--sft-rows", str(args.sft_rows)]  # fmt: skip
     common += ["--grad-checkpoint"] if args.grad_checkpoint else []
     results = []
     for layers in args.layers.split(","):

@@ -65,3 +65,20 @@ def test_phases_prints_the_split_of_a_run(tmp_path):
     out = _run("phases.py", "--metrics", str(metrics))
     assert "2 iterations, 20.0 s in timed phases" in out
     assert "| sample | 3.00 | 30% |" in out and "| update | 4.00 | 40% |" in out
+
+
+def test_paper_setting_measures_and_estimates(tmp_path):
+    # The paper's 1.5B shape cut to 1 and 2 layers, 8-token prompt and answers: every
+    # measurement runs in its own process, and the estimate fits the two layer counts.
+    results = tmp_path / "paper.jsonl"
+    out = _run("paper_setting.py", "--layers", "1,2", "--prompt-len", "8", "--answer-len",
+               "8", "--variants", "iteration,mlx_lm-sft", "--json", str(results))  # fmt: skip
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["variant"], r["layers"]) for r in rows] == [
+        ("iteration", 1), ("mlx_lm-sft", 1), ("iteration", 2), ("mlx_lm-sft", 2)
+    ]  # fmt: skip
+    assert not [r for r in rows if "failed" in r], out
+    assert all(r["answer_tokens"] == [8] * 4 for r in rows if r["variant"] == "iteration")
+    estimate = _run("paper_setting.py", "--estimate", str(results))
+    table = [line for line in estimate.splitlines() if line.startswith("| iteration")]
+    assert table and "1, 2" in table[0], estimate
