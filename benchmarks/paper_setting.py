@@ -31,8 +31,9 @@ taking the machine down; a failure is a result, recorded as such.
 
 --estimate fits peak = fixed + per_layer x layers through the measured layer counts
 (weights alike, from each run's weights_gb) and prints the whole model's estimate in
-float32, bfloat16 (weights and per-layer activations halved; the fixed activations, the
-LM head's float32 chunks, kept) and 4-bit (weights x 4.5/32: 4 bits plus a scale and
+float32, bfloat16 (weights and per-layer activations halved; GFT's fixed activations,
+the LM head's chunks, kept: they are float32 whatever the weights; mlx_lm's logits,
+in the model's dtype, halved) and 4-bit (weights x 4.5/32: 4 bits plus a scale and
 bias per 64; activations as bfloat16), against 75% of a Mac's memory, about what macOS
 lets the GPU use by default (its recommended working set).
 """
@@ -238,6 +239,7 @@ def fit_line(points: dict[int, float]) -> Line:
 PEAKS = {"iteration": ("sample_peak_gb", "update_peak_gb"), "update": ("update_peak_gb",),
          "mlx_lm-sft": ("sft_peak_gb",), "sample": ("sample_peak_gb",)}  # fmt: skip
 MAC_GB = (16, 24, 32, 64)
+HALF_HEAD = {"mlx_lm-sft"}  # variants whose fixed activations follow the model's dtype
 USABLE = 0.75  # of a Mac's memory
 LAYERS = SHAPE["num_hidden_layers"]
 
@@ -264,8 +266,11 @@ def estimate(rows: list[dict], layers: int = LAYERS) -> list[dict]:
         # and per layer (activations kept for the backward pass, KV cache).
         act = Line(peak.fixed - weights.fixed, peak.per_layer - weights.per_layer)
         f32 = peak.at(layers)
-        bf16 = weights.at(layers) / 2 + act.fixed + act.per_layer * layers / 2
-        q4 = weights.at(layers) * 4.5 / 32 + act.fixed + act.per_layer * layers / 2
+        # GFT's head runs in float32 whatever the weights (logprobs.py); mlx_lm's loss
+        # takes the logits in the model's dtype.
+        fixed = act.fixed / 2 if variant in HALF_HEAD else act.fixed
+        bf16 = weights.at(layers) / 2 + fixed + act.per_layer * layers / 2
+        q4 = weights.at(layers) * 4.5 / 32 + fixed + act.per_layer * layers / 2
         out.append({
             "variant": variant, "micro": micro, "grad_checkpoint": ckpt, "rows": rows_,
             "measured_layers": sorted(by_layers), "fixed_gb": peak.fixed,

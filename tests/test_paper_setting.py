@@ -44,3 +44,12 @@ def test_estimate_splits_weights_from_activations_and_scales_each():
     assert e["4bit_gb"] == pytest.approx(3.8 * 4.5 / 32 + 1.0 + 14.0)
     # 75% of 16 GB is 12 GB: 16.9 and 15.5 GB need a 24 GB Mac.
     assert e["bfloat16_fits"] == e["4bit_fits"] == [24, 32, 64]
+
+
+def test_estimate_halves_mlx_lm_logits_with_the_weights():
+    # mlx_lm's loss takes the logits in the model's dtype: its fixed activations halve too.
+    rows = [_row("mlx_lm-sft", 2, 1.2, sft_peak_gb=4.2, rows=1),
+            _row("mlx_lm-sft", 4, 1.4, sft_peak_gb=6.4, rows=1)]  # fmt: skip
+    [e] = paper_setting.estimate(rows)
+    assert e["rows"] == 1
+    assert e["bfloat16_gb"] == pytest.approx(1.9 + 0.5 + 14.0)
