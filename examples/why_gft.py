@@ -57,7 +57,7 @@ from mlx_gft.tasks.arithmetic import STYLES
 
 # An answer in the 'steps' style (the off-policy expert's): its opening step or its box.
 STEPS_STYLE = r"Step 1:|\\boxed\{"
-# Wrong expert answers: SFT imitates them, GFT's verifier scores them 0 (README, Why GFT).
+# Wrong expert answers: SFT imitates them, GFT's verifier scores them 0 (docs/demo.md).
 DEMO_WRONG_EXPERTS = 0.3
 # Like for like: entropy on the same held-out expert answers for every method (a run's
 # own `entropy` is GFT's samples' but SFT's expert answers'), KL per token.
