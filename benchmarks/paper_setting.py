@@ -227,13 +227,13 @@ class Line:
 
 
 def fit_line(points: dict[int, float]) -> Line:
-    xs, ys = list(points), list(points.values())
+    import numpy as np
+
+    xs = list(points)
     if len(set(xs)) < 2:
         raise ValueError(f"a per-layer fit needs two layer counts or more, got {xs}")
-    mx_, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mx_) * (y - my) for x, y in zip(xs, ys, strict=True))
-    slope /= sum((x - mx_) ** 2 for x in xs)
-    return Line(my - slope * mx_, slope)
+    slope, fixed = np.polyfit(xs, list(points.values()), 1)
+    return Line(float(fixed), float(slope))
 
 
 PEAKS = {"iteration": ("sample_peak_gb", "update_peak_gb"), "update": ("update_peak_gb",),
