@@ -14,7 +14,7 @@ curve at T = 1, greedy accuracy, distinct final answers per problem; on harder p
 than it trained on (`--ood-level`, built-in task); and on a task nobody trains on
 (capitals, examples/data/capitals: what the base model knew and must not lose).
 
-    python examples/why_gft.py --quick                 # embedded model and task, < 30 min
+    python examples/why_gft.py --quick                 # embedded model and task, ~35 min, 2 cores
     python examples/why_gft.py --wrong-experts 0       # clean expert answers
     python examples/why_gft.py --methods sft,dft,gft   # and DFT
     python examples/why_gft.py --then-grpo 10          # and GRPO after SFT vs after GFT
@@ -558,7 +558,9 @@ def verdict(per_seed: dict[int, dict[str, dict]], k: int, margin: float = 0.03) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="the < 30 min setting (default)")
+    ap.add_argument(
+        "--quick", action="store_true", help="the default setting (about 35 min on 2 CPU cores)"
+    )
     ap.add_argument("--model", help="default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--data", help="default: the built-in arithmetic task")
     ap.add_argument(

@@ -46,7 +46,11 @@ METRICS = {
     "grad_norm_clipped": Metric("Gradient norm after the clip (largest per report)", "L2 norm"),
     "kl_to_base_per_token": Metric("KL to the base model, probe answers", "nats per token"),
     "kl_to_base": Metric("KL to the base model, summed over each probe answer", "nats per answer"),
-    "val_acc": Metric("Validation accuracy (sampled at T)", "share of problems", SHARE),
+    "val_acc": Metric(
+        "Validation accuracy, one sample per problem at the training temperature",
+        "share of problems",
+        SHARE,
+    ),
     "sample_acc": Metric("Sampled accuracy of the training samples", "share of samples", SHARE),
     "reward_sampled": Metric("Reward of the training samples", "reward"),
     "zero_var_frac": Metric("Zero-variance groups (they teach nothing)", "share of groups", SHARE),
@@ -208,9 +212,9 @@ def plot_runs(
             sizes = {int(v) for s in series.values() for _, v in s.get("val_problems", [])}
             if sizes:
                 n = "/".join(str(v) for v in sorted(sizes))
-                title += f", {n} problems, ± one standard error"
+                title += f"\n{n} problems, bars: ± one standard error"
         if any(f"{metric}_spread" in s for s in series.values()):
-            title += ", mean over seeds, bars: half the range"
+            title += "\nmean over seeds, bars: half the range"
         if metric == "grad_norm" and any("grad_norm_clipped" in s for s in series.values()):
             clipped = [v for s in series.values() for _, v in s.get("grad_norm_clipped", [])]
             if clipped and max(clipped) < max(v for p in logged.values() for _, v in p):
