@@ -275,12 +275,32 @@ def summary_table(runs: dict[str, Path]) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
-def run_names(paths: Sequence[str | Path]) -> dict[str, Path]:
-    """Short names for the legend: folder names, or whole paths when two names clash."""
-    names = [Path(p).resolve().name for p in paths]
-    if len(set(names)) < len(names):
-        names = [str(p) for p in paths]
+def run_names(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> dict[str, Path]:
+    """Names for the legend: the labels given (one per run, in order), else folder names,
+    or whole paths when two folder names clash."""
+    if labels:
+        if len(labels) != len(paths) or len(set(labels)) < len(labels):
+            raise ValueError(
+                f"--label: give one distinct label per run ({len(paths)} runs, "
+                f"{len(labels)} labels: {', '.join(labels)})"
+            )
+        names = list(labels)
+    else:
+        names = [Path(p).resolve().name for p in paths]
+        if len(set(names)) < len(names):
+            names = [str(p) for p in paths]
     return dict(zip(names, map(Path, paths), strict=True))
+
+
+def add_label_option(parser: argparse.ArgumentParser) -> None:
+    """`--label NAME`, once per run: the legend's names instead of the folders'."""
+    parser.add_argument(
+        "--label",
+        action="append",
+        metavar="NAME",
+        help="the legend's name of a run, once per run in the order of the runs "
+        "(default: the folder names)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,13 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(DEFAULT_METRICS),
         help=f"comma-separated metrics.jsonl keys (default: {','.join(DEFAULT_METRICS)})",
     )
+    add_label_option(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    runs = run_names(args.runs)
     try:
+        runs = run_names(args.runs, args.label)
         print(summary_table(runs))
         written = plot_runs(runs, args.out, [m for m in args.metrics.split(",") if m])
     except (FileNotFoundError, ValueError, ImportError) as e:

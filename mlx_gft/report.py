@@ -25,7 +25,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .plots import Series, check_metrics, describe, read_metrics, run_color, run_names
+from .plots import (
+    Series,
+    add_label_option,
+    check_metrics,
+    describe,
+    read_metrics,
+    run_color,
+    run_names,
+)
 
 PANELS = (
     "val_entropy", "grad_norm", "kl_to_base_per_token", "val_acc", "sample_acc",
@@ -435,14 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=40,
         help="groups shown per run, spread over it (default: 40)",
     )
+    add_label_option(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    names = run_names(args.runs)
     shown = [int(i) for i in args.iterations.split(",")] if args.iterations else None
     try:
+        names = run_names(args.runs, args.label)
         metrics = [m for m in args.metrics.split(",") if m]
         page = build_report(names, metrics, args.max_groups, shown)
     except (FileNotFoundError, ValueError) as e:

@@ -177,3 +177,19 @@ def test_chain_stages_continues_the_iterations(tmp_path):
     assert series["val_loss"] == [(0, 9.0), (2, 9.0)]  # stage 2 starts where stage 1 ended
     written = plot_runs({"sft+gft": series}, tmp_path / "png", ["loss"])
     assert written[0].stat().st_size > 1000
+
+
+def test_labels_name_the_runs_in_order(runs, tmp_path, capsys):
+    """--label, once per run: the table and legend use the labels, the runs keep their
+    order; a missing or repeated label is an error that says how many were given."""
+    out = tmp_path / "labelled"
+    main([str(runs["gft"]), str(runs["sft"]), "--out", str(out), "--label", "GFT, tau 0.5",
+          "--label", "SFT"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "| GFT, tau 0.5 | 3 | 0.7 | 3 | 0.002 | 0.02 | 0.5 |" in printed
+    assert "| SFT |" in printed and "| gft |" not in printed
+    with pytest.raises(SystemExit, match=r"--label: .*2 runs, 1 labels"):
+        main([str(runs["gft"]), str(runs["sft"]), "--out", str(out), "--label", "GFT"])
+    with pytest.raises(SystemExit, match=r"--label: .*2 runs, 2 labels"):
+        main([str(runs["gft"]), str(runs["sft"]), "--out", str(out), "--label", "a",
+              "--label", "a"])  # fmt: skip

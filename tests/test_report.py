@@ -117,3 +117,12 @@ def test_a_group_of_a_skipped_step_renders_its_nulls():
               "members": [member]}  # fmt: skip
     page = group_view(record, "run")
     assert page.count('<span class="t') == 2 and "weight +0.25" in page and "weight +nan" in page
+
+
+def test_labels_name_the_runs_on_the_page(logged_run, tmp_path):
+    page = tmp_path / "labelled.html"
+    main([str(logged_run), "-o", str(page), "--label", "GFT <tau 0.5>"])
+    text = page.read_text()
+    assert "GFT &lt;tau 0.5&gt;" in text and "<tau 0.5>" not in text
+    with pytest.raises(SystemExit, match=r"--label: .*1 runs, 2 labels"):
+        main([str(logged_run), "-o", str(page), "--label", "a", "--label", "b"])
